@@ -1,0 +1,33 @@
+# sglang-dspark: one-command set-up, test and demo on a CPU-only machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+STAMP  := $(VENV)/.sglang-dspark-installed
+INSTALL_INPUTS := requirements/cpu.txt requirements/constraints-cpu.txt requirements/cpu-nodeps.txt \
+                  pyproject.toml cpu_standins/pyproject.toml
+
+# SGLang's CPU engine (native torch layers, torch_native attention).
+export SGLANG_USE_CPU_ENGINE := 1
+
+.PHONY: install test demo drafter clean-venv
+
+install: $(STAMP)
+
+# Re-runs only when an install input changed; a second `make test` installs nothing.
+$(STAMP): $(INSTALL_INPUTS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c requirements/constraints-cpu.txt -r requirements/cpu.txt
+	$(PIP) install -q --no-deps -r requirements/cpu-nodeps.txt
+	$(PIP) install -q --no-deps --no-build-isolation -e cpu_standins -e .
+	@touch $@
+
+test: install
+	$(PY) -m pytest
+
+demo: install
+	$(PY) -m sglang_dspark.demo
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""The DSpark algorithm core: pure torch, no SGLang import, CPU and CUDA."""

@@ -1,0 +1,148 @@
+"""Sequential drafting of one block in the cheap heads.
+
+The drafter backbone produced, in one parallel pass, logits ``U_k`` and final
+hidden states ``h_k`` for the K positions of a block. :func:`draft_block`
+walks the positions left to right (DeepSpec
+``VanillaMarkov.sample_block_tokens`` / ``eval/dspark/draft_ops.py``):
+
+    logits_k = U_k + markov(x_{k-1}, h_k)        x_0 = anchor
+    p_d[k]   = logits_to_probs(logits_k, sampling params)
+    x_k      ~ p_d[k]                             (argmax when greedy)
+    c_k      = sigmoid(conf([h_k ; W1[x_{k-1}]]) / T_k)
+
+With the anchor at position ``p``, ``tokens[:, k]`` is the draft for position
+``p + k + 1`` (the anchor's own output drafts the first token).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sglang_dspark.algorithm.confidence_head import (
+    ConfidenceHead,
+    apply_sts,
+    survival_probabilities,
+)
+from sglang_dspark.algorithm.markov_head import MarkovHead
+from sglang_dspark.algorithm.sampling import SamplingParams, logits_to_probs, sample_from_probs
+
+__all__ = ["DraftBlock", "draft_block"]
+
+
+@dataclass(frozen=True)
+class DraftBlock:
+    """A drafted block for a batch of requests.
+
+    Attributes:
+        tokens: ``[B, K]`` int64 drafted tokens ``x_1 .. x_K``.
+        probs: ``[B, K, V]`` float32 draft distributions ``p_d`` the tokens were
+            sampled from (processed by the request's sampling params; one-hot
+            for greedy rows), as rejection sampling needs them.
+        confidence: ``[B, K]`` float32 ``c_k`` (STS-calibrated when
+            temperatures were given), or ``None`` without a confidence head.
+        confidence_logits: ``[B, K]`` float32 raw (uncalibrated) logits, or ``None``.
+    """
+
+    tokens: torch.Tensor
+    probs: torch.Tensor
+    confidence: torch.Tensor | None
+    confidence_logits: torch.Tensor | None
+
+    def __post_init__(self) -> None:
+        if self.tokens.ndim != 2:
+            raise ValueError(f"tokens must be [B, K], got {tuple(self.tokens.shape)}.")
+        batch, num = self.tokens.shape
+        if self.probs.ndim != 3 or self.probs.shape[:2] != (batch, num):
+            raise ValueError(
+                f"probs must be [{batch}, {num}, V], got {tuple(self.probs.shape)}."
+            )
+        if (self.confidence is None) != (self.confidence_logits is None):
+            raise ValueError("confidence and confidence_logits must both be set or both None.")
+        for name in ("confidence", "confidence_logits"):
+            value = getattr(self, name)
+            if value is not None and value.shape != (batch, num):
+                raise ValueError(f"{name} must be [{batch}, {num}], got {tuple(value.shape)}.")
+
+    @property
+    def batch_size(self) -> int:
+        """Number of requests."""
+        return self.tokens.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        """Draft tokens per request (K)."""
+        return self.tokens.shape[1]
+
+    def survival(self) -> torch.Tensor:
+        """``[B, K]`` prefix survival ``a_j = prod_{k<=j} c_k`` (needs confidences)."""
+        if self.confidence is None:
+            raise ValueError("this block has no confidences (drafter without confidence head).")
+        return survival_probabilities(self.confidence)
+
+
+def draft_block(
+    backbone_logits: torch.Tensor,
+    backbone_hidden: torch.Tensor,
+    anchor_tokens: torch.Tensor,
+    markov_head: MarkovHead,
+    confidence_head: ConfidenceHead | None,
+    sampling: SamplingParams,
+    *,
+    sts_temperatures: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> DraftBlock:
+    """Draft a block sequentially through the Markov head.
+
+    Args:
+        backbone_logits: ``[B, K, V]`` ``U_k`` (LM head of the final-norm output).
+        backbone_hidden: ``[B, K, H]`` final-norm drafter outputs ``h_k``.
+        anchor_tokens: ``[B]`` last committed token (``x_0``).
+        markov_head: the drafter's Markov head.
+        confidence_head: the drafter's confidence head, or ``None``.
+        sampling: per-request parameters, also used later for the target.
+        sts_temperatures: optional ``[K]`` STS temperatures for ``confidence``.
+        generator: RNG for sampled rows.
+    """
+    if backbone_logits.ndim != 3 or backbone_hidden.ndim != 3:
+        raise ValueError(
+            "backbone_logits must be [B, K, V] and backbone_hidden [B, K, H], got "
+            f"{tuple(backbone_logits.shape)} and {tuple(backbone_hidden.shape)}."
+        )
+    batch, num_pos, _ = backbone_logits.shape
+    if backbone_hidden.shape[:2] != (batch, num_pos):
+        raise ValueError(
+            f"backbone_hidden {tuple(backbone_hidden.shape)} does not match "
+            f"backbone_logits {tuple(backbone_logits.shape)} in [B, K]."
+        )
+    if anchor_tokens.shape != (batch,):
+        raise ValueError(f"anchor_tokens must be [{batch}], got {tuple(anchor_tokens.shape)}.")
+    if sampling.batch_size != batch:
+        raise ValueError(f"sampling params cover {sampling.batch_size} rows, batch is {batch}.")
+
+    state = markov_head.init_state(
+        batch, device=backbone_hidden.device, dtype=backbone_hidden.dtype
+    )
+    prev = anchor_tokens.long()
+    tokens, probs, features = [], [], []
+    for k in range(num_pos):
+        step = markov_head.step(prev, backbone_hidden[:, k], state)
+        state = step.state
+        logits_k = backbone_logits[:, k].float() + step.bias.float()
+        probs_k = logits_to_probs(logits_k, sampling.temperature, sampling.top_p, sampling.top_k)
+        prev = sample_from_probs(probs_k, generator=generator)
+        tokens.append(prev)
+        probs.append(probs_k)
+        features.append(step.prev_features)
+
+    confidence = confidence_logits = None
+    if confidence_head is not None:
+        confidence_logits = confidence_head(backbone_hidden, torch.stack(features, dim=1))
+        confidence = apply_sts(confidence_logits, sts_temperatures)
+    return DraftBlock(
+        tokens=torch.stack(tokens, dim=1),
+        probs=torch.stack(probs, dim=1),
+        confidence=confidence,
+        confidence_logits=confidence_logits,
+    )

@@ -1,8 +1,11 @@
 """Pure-torch versions of SGLang's CPU speculative and KV-cache helpers.
 
-Each function has the call signature SGLang 0.5.23 uses on CPU and the
-semantics of the Triton kernel SGLang runs on GPUs for the same job (checked
-against it under the Triton interpreter in tests/cpu_standins). Buffers are
+Each function has the call signature SGLang 0.5.23 uses on CPU (that of the
+real CPU sgl-kernel op of the same name) and the semantics of the Triton kernel
+SGLang runs on GPUs for the same job, checked against it under the Triton
+interpreter in tests/cpu_standins. ``build_tree_kernel_efficient_cpu`` and
+``verify_tree_greedy_cpu`` follow ``kernels/ops/speculative/spec_tree.py``'s
+Triton kernels; ``rotate_input_ids_cpu`` serves multi-layer EAGLE. Buffers are
 written in place, as by the kernels; the index tensors are read as given.
 
 Layout conventions shared with the kernels: ``req_to_token`` is a contiguous
@@ -118,7 +121,8 @@ def fill_accept_out_cache_loc_cpu(
     """Compact out_cache_loc[accept_index] over the entries of accept_index that are not -1.
 
     Only the first ``size`` entries of the flattened accept_index are read when
-    ``size`` is given (the real CPU kernel takes it; SGLang 0.5.23 omits it).
+    ``size`` is given (some sgl-kernel releases take it; SGLang 0.5.23 passes three
+    arguments, as the current CPU op schema has).
     """
     flat = accept_index.reshape(-1)
     if size is not None:

@@ -1,0 +1,121 @@
+"""Drafter context K/V stored by token slot, in the target KV pool's index space.
+
+The serving engine gives every committed token a slot in its KV pool. The
+drafter keeps its own per-layer context keys and values in a pool with the same
+number of slots, indexed by the same slot ids: whatever the engine does with a
+slot (share it through a prefix cache, free it, reuse it) applies to the
+drafter's row too, with no bookkeeping of its own. A row is written once, when
+the target hidden states of that token are known (prefill, or the token was
+accepted in a verify step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sglang_dspark.models.deepspec_drafter import DeepSpecDrafter, DrafterContextCache
+
+
+@dataclass
+class PagedDrafterContext:
+    """Per-layer drafter context keys and values, one row per KV slot.
+
+    Attributes:
+        keys: per drafter layer ``[num_slots, kv_heads, head_dim]`` (after
+            k_norm and RoPE at the token's position).
+        values: per drafter layer ``[num_slots, kv_heads, head_dim]``.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    @classmethod
+    def allocate(
+        cls,
+        drafter: DeepSpecDrafter,
+        num_slots: int,
+        *,
+        device: torch.device | str,
+        dtype: torch.dtype,
+    ) -> "PagedDrafterContext":
+        """Zero-filled pool of ``num_slots`` rows for every drafter layer."""
+        cfg = drafter.config
+        shape = (num_slots, cfg.num_key_value_heads, cfg.head_dim)
+        return cls(
+            keys=[torch.zeros(shape, dtype=dtype, device=device) for _ in drafter.layers],
+            values=[torch.zeros(shape, dtype=dtype, device=device) for _ in drafter.layers],
+        )
+
+    @staticmethod
+    def bytes_per_slot(drafter: DeepSpecDrafter, dtype: torch.dtype) -> int:
+        """Memory one slot takes over all layers (keys and values)."""
+        cfg = drafter.config
+        elem = torch.empty((), dtype=dtype).element_size()
+        return 2 * len(drafter.layers) * cfg.num_key_value_heads * cfg.head_dim * elem
+
+    @property
+    def num_slots(self) -> int:
+        """Rows per layer."""
+        return self.keys[0].shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Total memory of the pool."""
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+    @torch.no_grad()
+    def write(
+        self,
+        drafter: DeepSpecDrafter,
+        target_hidden: torch.Tensor,
+        slots: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> None:
+        """Project committed tokens' target hidden states into their slots.
+
+        Args:
+            drafter: the drafter whose ``fc``/``hidden_norm`` and per-layer
+                ``k_proj``/``v_proj`` build the context rows.
+            target_hidden: ``[N, n_layers * H]`` concatenated target hidden
+                states at ``target_layer_ids``.
+            slots: ``[N]`` KV slot ids of those tokens.
+            positions: ``[N]`` their absolute positions.
+        """
+        if target_hidden.shape[0] == 0:
+            return
+        ctx = drafter.project_context(target_hidden[None])
+        cos, sin = drafter.rotary_emb(positions[None].to(ctx.device))
+        slots = slots.to(self.keys[0].device, torch.long)
+        for i, layer in enumerate(drafter.layers):
+            k, v = layer.self_attn.key_values(ctx, cos, sin)  # [1, kv, N, D]
+            self.keys[i][slots] = k[0].transpose(0, 1).to(self.keys[i].dtype)
+            self.values[i][slots] = v[0].transpose(0, 1).to(self.values[i].dtype)
+
+    def gather(
+        self, slot_table: torch.Tensor, row_ids: torch.Tensor, lengths: torch.Tensor
+    ) -> DrafterContextCache:
+        """Batch view of each request's context for one drafting step.
+
+        Args:
+            slot_table: ``[rows, max_len]`` slot id of every token of every
+                request row (the engine's request-to-token table).
+            row_ids: ``[B]`` the batch's rows in ``slot_table``.
+            lengths: ``[B]`` context length of each request (tokens before its
+                anchor).
+        """
+        batch = row_ids.shape[0]
+        device = self.keys[0].device
+        lengths = lengths.to(device=device, dtype=torch.long)
+        capacity = max(int(lengths.max().item()) if batch else 0, 1)
+        cols = torch.arange(capacity, device=device)
+        valid = cols[None, :] < lengths[:, None]
+        slots = slot_table[row_ids.to(slot_table.device).long()][:, :capacity].to(device).long()
+        slots = torch.where(valid, slots, torch.zeros_like(slots))
+        keys, values = [], []
+        for k_pool, v_pool in zip(self.keys, self.values):
+            # [B, C, kv, D] -> [B, kv, C, D]
+            keys.append(k_pool[slots].permute(0, 2, 1, 3))
+            values.append(v_pool[slots].permute(0, 2, 1, 3))
+        return DrafterContextCache(keys=keys, values=values, lengths=lengths.clone())

@@ -1,0 +1,124 @@
+"""Start and stop real ``sglang serve`` processes on loopback (tests, demo, benchmarks)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+CPU_ENV = {"SGLANG_USE_CPU_ENGINE": "1"}
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sglang_command() -> list[str]:
+    """``sglang serve`` of the running interpreter's environment."""
+    exe = Path(sys.executable).with_name("sglang")
+    return [str(exe), "serve"] if exe.exists() else [sys.executable, "-m", "sglang.cli.main", "serve"]
+
+
+@dataclass
+class ServerProcess:
+    """One ``sglang serve`` process on 127.0.0.1 with its log file."""
+
+    args: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "ServerProcess":
+        env = {**os.environ, **CPU_ENV, **self.env}
+        env.pop("TRITON_INTERPRET", None)
+        cmd = [*sglang_command(), *self.args, "--host", "127.0.0.1", "--port", str(self.port)]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 600.0) -> "ServerProcess":
+        """Block until ``/health_generate`` answers 200; raise with the log tail on failure."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"sglang serve exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                if requests.get(self.url + "/health_generate", timeout=30).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(2)
+        self.stop()
+        raise TimeoutError(f"sglang serve not ready after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for the process to exit by itself (start-up errors); return its code."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """SIGTERM the whole process group, SIGKILL after 20 s."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=20)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=10)
+
+    def __enter__(self) -> "ServerProcess":
+        return self.start().wait_ready()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def cpu_serve_args(model_path: str | Path, *, max_total_tokens: int = 8192) -> list[str]:
+    """The flags every CPU server of this project starts with (fp32, bounded KV pool)."""
+    return [
+        "--model-path", str(model_path),
+        "--device", "cpu",
+        "--dtype", "float32",
+        "--max-total-tokens", str(max_total_tokens),
+    ]
+
+
+def dspark_args(drafter_path: str | Path | None = None) -> list[str]:
+    """Flags that turn DSPARK on, with a DeepSpec drafter when given."""
+    args = ["--speculative-algorithm", "DSPARK"]
+    if drafter_path is not None:
+        args += ["--speculative-draft-model-path", str(drafter_path)]
+    return args

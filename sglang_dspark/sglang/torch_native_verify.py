@@ -1,0 +1,31 @@
+"""TARGET_VERIFY for SGLang's ``torch_native`` attention backend (the CPU path).
+
+``torch_native`` implements causal extend and decode only. A DSPARK verify
+batch is a linear chain per request (the anchor and its drafts), so verifying
+it is exactly a causal extend of ``draft_token_num`` tokens on top of each
+request's committed prefix: this hook supplies the extend lengths that a
+TARGET_VERIFY ForwardBatch does not carry, runs the extend, and restores the
+batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+TARGET = "sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend.forward_extend"
+
+
+def forward_extend_with_verify(orig, self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
+    """AROUND hook: run TARGET_VERIFY batches as a causal extend over the chain."""
+    if not forward_batch.forward_mode.is_target_verify():
+        return orig(self, q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs)
+    prefix = forward_batch.seq_lens
+    width = int(forward_batch.spec_info.draft_token_num)
+    saved = (forward_batch.seq_lens, forward_batch.extend_prefix_lens, forward_batch.extend_seq_lens)
+    forward_batch.extend_prefix_lens = prefix
+    forward_batch.extend_seq_lens = torch.full_like(prefix, width)
+    forward_batch.seq_lens = prefix + width
+    try:
+        return orig(self, q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs)
+    finally:
+        forward_batch.seq_lens, forward_batch.extend_prefix_lens, forward_batch.extend_seq_lens = saved

@@ -1,0 +1,382 @@
+"""The DSPARK speculative worker SGLang's scheduler drives.
+
+One decode step, per batch:
+
+1. draft a block from each request's anchor (the last committed token, not
+   yet in the KV cache) with the drafter, whose context K/V holds the target
+   hidden states of every committed token (``PagedDrafterContext``);
+2. choose per-request verify lengths with the prefix scheduler (confidence
+   head x SPS table);
+3. run one TARGET_VERIFY forward of the target over ``[anchor, drafts...]``;
+4. accept losslessly (``verify_block``) and write the accepted tokens' target
+   hidden states into the drafter context.
+
+The KV slots a step writes were reserved by the scheduler
+(``DFlashDraftInputV2.prepare_for_decode``); rejected slots stay reserved and
+are overwritten by the next step or released with the request, so the worker
+never calls the allocator.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sglang.srt.layers.logprob_processor import compute_spec_logprobs
+from sglang.srt.managers.utils import GenerationBatchResult
+from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode
+from sglang.srt.runtime_context import get_spec
+from sglang.srt.speculative.base_spec_worker import BaseSpecWorker
+from sglang.srt.speculative.dflash_info import DFlashVerifyInput
+from sglang.srt.speculative.dflash_utils import apply_dflash_verify_logits_adjustments
+from sglang.srt.speculative.draft_worker_common import make_draft_input_v2
+
+from sglang_dspark.algorithm.calibration import StsCalibration
+from sglang_dspark.algorithm.prefix_scheduler import schedule_prefixes
+from sglang_dspark.algorithm.sampling import SamplingParams, logits_to_probs
+from sglang_dspark.algorithm.sps_table import SpsTable, default_sps_table
+from sglang_dspark.algorithm.verify import verify_block
+from sglang_dspark.models.deepspec_drafter import DeepSpecDrafter, load_deepspec_drafter
+from sglang_dspark.models.paged_context import PagedDrafterContext
+from sglang_dspark.sglang.sps_files import load_sps_table
+
+logger = logging.getLogger(__name__)
+
+
+class _SharedWeight(nn.Module):
+    """The target's embedding or LM head as a plain module over its weight."""
+
+    def __init__(self, weight: torch.Tensor, kind: str) -> None:
+        super().__init__()
+        self.weight = weight
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "embed":
+            return F.embedding(x, self.weight)
+        return F.linear(x, self.weight)
+
+
+def _target_shared_modules(model: nn.Module, vocab_size: int) -> tuple[nn.Module, nn.Module]:
+    """The target's embedding and LM head, without SGLang's vocabulary padding rows."""
+    body = getattr(model, "model", model)
+    embed = getattr(body, "embed_tokens", None)
+    head = getattr(model, "lm_head", None)
+    if embed is None or head is None or not hasattr(head, "weight"):
+        raise RuntimeError(
+            f"{type(model).__name__} exposes no model.embed_tokens / lm_head.weight; "
+            "DSPARK drafters share the target's embedding and LM head."
+        )
+    return (
+        _SharedWeight(embed.weight[:vocab_size], "embed"),
+        _SharedWeight(head.weight[:vocab_size], "head"),
+    )
+
+
+@dataclass
+class StepStats:
+    """Running counters of the worker, exported in logs and internal state."""
+
+    verify_steps: int = 0
+    committed_tokens: int = 0
+    verified_tokens: int = 0
+    draft_seconds: float = 0.0
+    schedule_seconds: float = 0.0
+    verify_seconds: float = 0.0
+    accept_histogram: list[int] = field(default_factory=list)
+
+    def record(self, accept_lens: list[int], verify_lens: list[int], width: int) -> None:
+        if len(self.accept_histogram) < width + 1:
+            self.accept_histogram.extend([0] * (width + 1 - len(self.accept_histogram)))
+        for n in accept_lens:
+            self.accept_histogram[n] += 1
+        self.verify_steps += len(accept_lens)
+        self.committed_tokens += sum(accept_lens)
+        self.verified_tokens += sum(v + 1 for v in verify_lens)
+
+    @property
+    def mean_accept_length(self) -> float:
+        return self.committed_tokens / self.verify_steps if self.verify_steps else 0.0
+
+
+class DSparkWorker(BaseSpecWorker):
+    """sglang-dspark's worker for ``--speculative-algorithm DSPARK``."""
+
+    def __init__(self, server_args, gpu_id, nccl_port, target_worker) -> None:
+        super().__init__()
+        self.server_args = server_args
+        self._target_worker = target_worker
+        self._draft_worker = None
+        self.model_runner = target_worker.model_runner
+        self.device = torch.device(self.model_runner.device)
+        spec = get_spec()
+        self.verify_width = int(spec.speculative_num_draft_tokens)
+        self.drafter = self._load_drafter(spec.speculative_draft_model_path)
+        self.block_size = self.drafter.config.block_size
+        if self.verify_width != self.block_size + 1:
+            raise RuntimeError(
+                f"speculative_num_draft_tokens={self.verify_width} but the drafter's block "
+                f"size is {self.block_size}; argument resolution did not run sglang-dspark's "
+                "DSPARK checks (is the plugin loaded?)."
+            )
+        self.sps_table = self._load_sps_table(spec.speculative_dspark_sps_table_path)
+        self.sts_temperatures = self._load_sts(spec.speculative_dspark_confidence_sts_path)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(int(getattr(server_args, "random_seed", None) or 0))
+        self.context: PagedDrafterContext | None = None
+        self.stats = StepStats()
+        logger.info(
+            "sglang-dspark DSPARK worker: block size %d, %d drafter layers, confidence head %s, "
+            "SPS table %s",
+            self.block_size,
+            len(self.drafter.layers),
+            "on" if self.drafter.confidence_head is not None else "off (verify whole blocks)",
+            self.sps_table.device or "default",
+        )
+
+    # ------------------------------------------------------------------ set-up
+    def _load_drafter(self, path: str) -> DeepSpecDrafter:
+        model = self.model_runner.model
+        embed, head = _target_shared_modules(model, self.model_runner.model_config.vocab_size)
+        num_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+        drafter = load_deepspec_drafter(
+            path,
+            embed_tokens=embed,
+            lm_head=head,
+            device=self.device,
+            dtype=head.weight.dtype,
+            num_target_layers=num_layers,
+        )
+        return drafter.eval().requires_grad_(False)
+
+    def _load_sps_table(self, path: str | None) -> SpsTable:
+        if path:
+            return load_sps_table(path)
+        return default_sps_table(self.device.type)
+
+    def _load_sts(self, path: str | None) -> torch.Tensor | None:
+        if not path:
+            return None
+        sts = StsCalibration.from_json(path)
+        return torch.tensor(sts.temperatures, dtype=torch.float32, device=self.device)
+
+    @property
+    def preloaded_weights_bytes(self) -> int:
+        """Drafter weights (the shared embedding and LM head are the target's)."""
+        return sum(p.numel() * p.element_size() for p in self.drafter.parameters())
+
+    def alloc_memory_pool(
+        self, memory_pool_config=None, req_to_token_pool=None, token_to_kv_pool_allocator=None
+    ):
+        super().alloc_memory_pool(
+            memory_pool_config=memory_pool_config,
+            req_to_token_pool=req_to_token_pool,
+            token_to_kv_pool_allocator=token_to_kv_pool_allocator,
+        )
+        num_slots = self.model_runner.token_to_kv_pool.get_key_buffer(0).shape[0]
+        self.context = PagedDrafterContext.allocate(
+            self.drafter, num_slots, device=self.device, dtype=self.drafter.fc.weight.dtype
+        )
+        logger.info(
+            "DSPARK drafter context pool: %d slots, %.1f MB", num_slots, self.context.nbytes / 2**20
+        )
+
+    def init_attention_backends(self):
+        pass
+
+    def init_cuda_graphs(self):
+        pass
+
+    def clear_cache_pool(self):
+        pass
+
+    # ------------------------------------------------- scheduler hooks for DSPARK
+    def block_accept_estimate_log_suffix(self) -> str:
+        s = self.stats
+        return f"dspark accept len: {s.mean_accept_length:.2f}, verified/step: " + (
+            f"{s.verified_tokens / s.verify_steps:.2f}" if s.verify_steps else "0"
+        )
+
+    def dump_info_records(self) -> dict:
+        s = self.stats
+        return {
+            "dspark_impl": "sglang-dspark",
+            "dspark_verify_steps": s.verify_steps,
+            "dspark_mean_accept_length": s.mean_accept_length,
+            "dspark_accept_histogram": list(s.accept_histogram),
+            "dspark_draft_seconds": s.draft_seconds,
+            "dspark_schedule_seconds": s.schedule_seconds,
+            "dspark_verify_seconds": s.verify_seconds,
+            "kv_available_tokens": self._available_kv_tokens(),
+        }
+
+    def _available_kv_tokens(self) -> int | None:
+        allocator = getattr(self, "token_to_kv_pool_allocator", None)
+        return None if allocator is None else int(allocator.available_size())
+
+    def clear_info_records(self) -> None:
+        self.stats = StepStats()
+
+    def set_dspark_forced_budget_frac(self, frac) -> None:
+        logger.warning("set_dspark_forced_budget_frac is not used by sglang-dspark's scheduler")
+
+    def get_confidence_budget_prepare(self):
+        return None
+
+    # --------------------------------------------------------------- forward
+    def forward_batch_generation(
+        self, batch, on_publish=None, grammar_barrier=None, *, pp_proxy_tensors=None
+    ) -> GenerationBatchResult:
+        if batch.forward_mode.is_idle():
+            result = self._idle_result()
+        elif batch.forward_mode.is_extend() or batch.is_extend_in_batch:
+            result = self._prefill(batch)
+        else:
+            result = self._decode(batch)
+        if on_publish is not None:
+            on_publish(result.new_seq_lens)
+        return result
+
+    def _idle_result(self) -> GenerationBatchResult:
+        empty = torch.empty((0,), dtype=torch.int64, device=self.device)
+        draft_input = make_draft_input_v2(bonus_tokens=empty, new_seq_lens=empty)
+        return GenerationBatchResult(
+            next_token_ids=empty,
+            accept_lens=torch.empty((0,), dtype=torch.int32, device=self.device),
+            next_draft_input=draft_input,
+            speculative_num_draft_tokens=self.verify_width,
+            new_seq_lens=empty,
+        )
+
+    def _prefill(self, batch) -> GenerationBatchResult:
+        out = self.target_worker.forward_batch_generation(
+            batch, capture_hidden_mode=CaptureHiddenMode.FULL
+        )
+        hidden = out.logits_output.hidden_states
+        positions = torch.cat(
+            [
+                torch.arange(p, p + e, dtype=torch.long)
+                for p, e in zip(batch.prefix_lens, batch.extend_lens)
+            ]
+        ).to(self.device)
+        with torch.inference_mode():
+            self.context.write(self.drafter, hidden, batch.out_cache_loc, positions)
+        out.logits_output.hidden_states = None
+        out.new_seq_lens = batch.seq_lens
+        out.next_draft_input = make_draft_input_v2(
+            bonus_tokens=out.next_token_ids, new_seq_lens=batch.seq_lens
+        )
+        return out
+
+    def _sampling_params(self, sampling_info, batch_size: int) -> SamplingParams:
+        temperature = sampling_info.temperatures.view(-1).float()
+        top_k = sampling_info.top_ks.view(-1).long()
+        # SGLang encodes greedy as top_k == 1 (temperature is then 1.0).
+        temperature = torch.where(top_k == 1, torch.zeros_like(temperature), temperature)
+        top_k = torch.where(top_k >= (1 << 30), torch.zeros_like(top_k), top_k)
+        return SamplingParams(
+            temperature=temperature.to(self.device),
+            top_p=sampling_info.top_ps.view(-1).float().to(self.device),
+            top_k=top_k.to(self.device),
+        )
+
+    def _decode(self, batch) -> GenerationBatchResult:
+        bs = batch.batch_size()
+        anchors = batch.spec_info.bonus_tokens.view(-1).long()
+        prefix = batch.seq_lens.long()
+        rows = batch.req_pool_indices.long()
+        slot_table = batch.req_to_token_pool.req_to_token
+        sampling_info = batch.sampling_info
+        sampling = self._sampling_params(sampling_info, bs)
+        greedy = bool(sampling_info.is_all_greedy)
+
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            cache = self.context.gather(slot_table, rows, prefix)
+            block = self.drafter.draft(
+                anchors,
+                cache,
+                sampling,
+                sts_temperatures=self.sts_temperatures,
+                generator=self.generator,
+            )
+        t1 = time.perf_counter()
+        if block.confidence is None:
+            verify_lens = torch.full((bs,), self.block_size, dtype=torch.long, device=self.device)
+        else:
+            verify_lens = schedule_prefixes(block.confidence, self.sps_table)
+        verify_lens_cpu = verify_lens.tolist()
+        width = max(verify_lens_cpu) + 1
+        t2 = time.perf_counter()
+
+        drafts = block.tokens[:, : width - 1]
+        verify_ids = torch.cat([anchors[:, None], drafts], dim=1)
+        positions = prefix[:, None] + torch.arange(width, device=self.device)[None, :]
+        out_cache_loc = slot_table[rows[:, None], positions].reshape(-1).long()
+        verify_input = DFlashVerifyInput(
+            draft_token=verify_ids.reshape(-1),
+            positions=positions.reshape(-1),
+            draft_token_num=width,
+            custom_mask=None,
+            capture_hidden_mode=CaptureHiddenMode.FULL,
+        )
+        batch.out_cache_loc = out_cache_loc
+        forward_batch, can_run_graph = verify_input.prepare_for_verify(batch, self.target_worker)
+        logits_output = self.target_worker.forward_batch_generation(
+            batch=None, forward_batch=forward_batch, is_verify=True
+        ).logits_output
+        logits = logits_output.next_token_logits
+        apply_dflash_verify_logits_adjustments(
+            next_token_logits=logits, sampling_info=sampling_info, draft_token_num=width
+        )
+        logits = logits.view(bs, width, -1)
+
+        with torch.inference_mode():
+            if greedy:
+                result = verify_block(drafts, None, logits, greedy=True, verify_lens=verify_lens)
+            else:
+                target_probs = logits_to_probs(
+                    logits.float(), sampling.temperature, sampling.top_p, sampling.top_k
+                )
+                result = verify_block(
+                    drafts,
+                    block.probs[:, : width - 1],
+                    target_probs,
+                    generator=self.generator,
+                    verify_lens=verify_lens,
+                )
+            accepted = result.num_accepted
+            keep = torch.arange(width, device=self.device)[None, :] <= accepted[:, None]
+            hidden = logits_output.hidden_states.view(bs, width, -1)
+            self.context.write(
+                self.drafter, hidden[keep], out_cache_loc.view(bs, width)[keep], positions[keep]
+            )
+        logits_output.hidden_states = None
+        t3 = time.perf_counter()
+
+        tokens = result.tokens.clamp_min(0)
+        new_bonus = tokens.gather(1, accepted[:, None]).view(-1)
+        accept_lens = (accepted + 1).to(torch.int32)
+        new_seq_lens = prefix + accepted + 1
+        if batch.return_logprob:
+            compute_spec_logprobs(batch, logits_output, tokens.reshape(-1), chain_stride=width)
+
+        self.stats.draft_seconds += t1 - t0
+        self.stats.schedule_seconds += t2 - t1
+        self.stats.verify_seconds += t3 - t2
+        self.stats.record(accept_lens.tolist(), verify_lens_cpu, self.block_size + 1)
+        return GenerationBatchResult(
+            logits_output=logits_output,
+            next_token_ids=tokens.reshape(-1),
+            accept_lens=accept_lens,
+            cap_lens=verify_lens.to(torch.int32),
+            next_draft_input=make_draft_input_v2(bonus_tokens=new_bonus, new_seq_lens=new_seq_lens),
+            speculative_num_draft_tokens=width,
+            new_seq_lens=new_seq_lens,
+            can_run_cuda_graph=can_run_graph,
+        )

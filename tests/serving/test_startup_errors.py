@@ -1,0 +1,116 @@
+"""Invalid DSPARK configurations fail during argument resolution, before weights load."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sglang_dspark.server_process import ServerProcess, cpu_serve_args, dspark_args
+from sglang_dspark.sglang.server_args import DSparkArgumentError, check_dspark_args
+
+
+def patched_drafter(src: Path, dst: Path, **config_changes) -> Path:
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(config_changes)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def bad_drafters(tmp_path_factory, copy_drafter) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bad-drafters")
+    return {
+        "vocab": patched_drafter(copy_drafter, root / "vocab", vocab_size=300),
+        "hidden": patched_drafter(copy_drafter, root / "hidden", hidden_size=96),
+        "layers": patched_drafter(copy_drafter, root / "layers", target_layer_ids=[0, 7]),
+    }
+
+
+def _check(target, drafter, **overrides):
+    kwargs = dict(
+        device="cpu",
+        attention_backend=None,
+        model_path=str(target),
+        draft_path=str(drafter),
+        block_size_flag=None,
+        num_draft_tokens_flag=None,
+        eagle_topk=None,
+        num_steps=None,
+        sps_table_path=None,
+        sts_path=None,
+    )
+    kwargs.update(overrides)
+    return check_dspark_args(**kwargs)
+
+
+def test_valid_configuration_passes(tiny_target, copy_drafter):
+    assert _check(tiny_target, copy_drafter).block_size == 4
+
+
+@pytest.mark.parametrize(
+    "overrides, flag",
+    [
+        (dict(block_size_flag=6), "--speculative-dspark-block-size 6"),
+        (dict(eagle_topk=2), "--speculative-eagle-topk 2"),
+        (dict(num_steps=3), "--speculative-num-steps 3"),
+        (dict(num_draft_tokens_flag=8), "--speculative-num-draft-tokens 8"),
+        (dict(attention_backend="triton"), "--attention-backend triton"),
+        (dict(device="npu"), "--device npu"),
+        (dict(sps_table_path="/nonexistent/sps.json"), "--speculative-dspark-sps-table-path"),
+    ],
+)
+def test_flag_errors_name_the_flag(tiny_target, copy_drafter, overrides, flag):
+    with pytest.raises(DSparkArgumentError, match=flag.replace("-", r"\-").replace(" ", " ")):
+        _check(tiny_target, copy_drafter, **overrides)
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [("vocab", "vocab_size"), ("hidden", "hidden_size"), ("layers", "target_layer_ids")],
+)
+def test_drafter_target_mismatch(tiny_target, bad_drafters, kind, message):
+    with pytest.raises(DSparkArgumentError, match=message):
+        _check(tiny_target, bad_drafters[kind])
+
+
+def test_sts_length_must_match_block(tiny_target, copy_drafter, tmp_path):
+    from sglang_dspark.algorithm.calibration import StsCalibration
+
+    path = tmp_path / "sts.json"
+    StsCalibration(temperatures=(1.0, 1.5), ece_before=0.1, ece_after=0.05, num_samples=10, n_bins=15).to_json(path)
+    with pytest.raises(DSparkArgumentError, match="2 temperatures but the block size is 4"):
+        _check(tiny_target, copy_drafter, sts_path=str(path))
+
+
+@pytest.mark.slow
+def test_servers_exit_before_loading_weights(tiny_target, copy_drafter, bad_drafters, server_logs):
+    base = [*cpu_serve_args(tiny_target)]
+    cases = {
+        "block-size": ([*base, *dspark_args(copy_drafter), "--speculative-dspark-block-size", "6"],
+                       "--speculative-dspark-block-size 6"),
+        "topk": ([*base, *dspark_args(copy_drafter), "--speculative-eagle-topk", "2"],
+                 "--speculative-eagle-topk 2"),
+        "vocab": ([*base, *dspark_args(bad_drafters["vocab"])], "vocab_size=300"),
+        "hidden": ([*base, *dspark_args(bad_drafters["hidden"])], "hidden_size=96"),
+        "layers": ([*base, *dspark_args(bad_drafters["layers"])], "target_layer_ids"),
+        "attention": ([*base, *dspark_args(copy_drafter), "--attention-backend", "triton"],
+                      "--attention-backend triton"),
+        "no-drafter": ([*base, *dspark_args()], "--speculative-draft-model-path is required"),
+    }
+
+    def run(name):
+        args, message = cases[name]
+        server = ServerProcess(args, server_logs / f"startup-{name}.log").start()
+        code = server.wait_exit(timeout=300)
+        return name, code, server.log_path.read_text(errors="replace"), message
+
+    with cf.ThreadPoolExecutor(3) as ex:
+        for name, code, log, message in ex.map(run, cases):
+            assert code != 0, name
+            assert message in log, (name, log[-2000:])
+            assert "Load weight begin" not in log, name

@@ -130,6 +130,11 @@ class DSparkWorker(BaseSpecWorker):
         self.generator.manual_seed(int(getattr(server_args, "random_seed", None) or 0))
         self.context: PagedDrafterContext | None = None
         self.stats = StepStats()
+        self.metrics = None
+        if getattr(server_args, "enable_metrics", False):
+            from sglang_dspark.sglang.metrics import DSparkMetrics
+
+            self.metrics = DSparkMetrics()
         logger.info(
             "sglang-dspark DSPARK worker: block size %d, %d drafter layers, confidence head %s, "
             "SPS table %s",
@@ -369,7 +374,18 @@ class DSparkWorker(BaseSpecWorker):
         self.stats.draft_seconds += t1 - t0
         self.stats.schedule_seconds += t2 - t1
         self.stats.verify_seconds += t3 - t2
-        self.stats.record(accept_lens.tolist(), verify_lens_cpu, self.block_size + 1)
+        accept_lens_cpu = accept_lens.tolist()
+        self.stats.record(accept_lens_cpu, verify_lens_cpu, self.block_size + 1)
+        if self.metrics is not None:
+            self.metrics.observe_step(
+                accept_lens=accept_lens_cpu,
+                verify_lens=verify_lens_cpu,
+                draft_seconds=t1 - t0,
+                schedule_seconds=t2 - t1,
+                survival=None if block.confidence is None else block.survival(),
+                verify_lens_tensor=verify_lens,
+                num_accepted=accepted,
+            )
         return GenerationBatchResult(
             logits_output=logits_output,
             next_token_ids=tokens.reshape(-1),

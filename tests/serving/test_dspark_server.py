@@ -170,3 +170,19 @@ def test_concurrent_requests_with_aborts_keep_outputs_and_free_pools(servers):
 
     assert requests.post(spec.url + "/flush_cache", timeout=60).status_code == 200
     assert _dspark_state(spec)["kv_available_tokens"] == initial
+
+
+def test_prometheus_metrics_exported(servers):
+    _, spec = servers
+    generate(spec, "The quick brown fox", max_new_tokens=20)
+    text = requests.get(spec.url + "/metrics", timeout=60).text
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("sglang_dspark:") and " " in line:
+            name, value = line.rsplit(" ", 1)
+            samples[name.split("{")[0]] = float(value)
+    assert samples["sglang_dspark:accept_length_count"] > 0
+    assert samples["sglang_dspark:verify_tokens_per_step_count"] > 0
+    assert samples["sglang_dspark:draft_seconds_sum"] > 0
+    assert "sglang_dspark:schedule_seconds_count" in samples
+    assert 0.0 <= samples["sglang_dspark:confidence_calibration_error"] <= 1.0

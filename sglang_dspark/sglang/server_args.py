@@ -124,6 +124,16 @@ def check_dspark_args(
                 f"{model_path}: {e}"
             ) from None
 
+        # SGLang's dense models capture a layer's output as the next layer's
+        # input, so the last layer's output cannot be tapped (DeepSpec's own
+        # evaluator forbids it as well). V4 checkpoints tap through their own hook.
+        if drafter.backbone != "deepseek_v4" and max(drafter.target_layer_ids) >= layers - 1:
+            raise DSparkArgumentError(
+                f"--speculative-draft-model-path {draft_path}: target_layer_ids "
+                f"{list(drafter.target_layer_ids)} include the target's last layer ({layers - 1}), "
+                "whose output SGLang cannot capture; train the drafter on earlier layers."
+            )
+
     gamma = drafter.block_size
     if block_size_flag is not None and int(block_size_flag) != gamma:
         raise DSparkArgumentError(

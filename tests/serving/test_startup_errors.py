@@ -28,6 +28,7 @@ def bad_drafters(tmp_path_factory, copy_drafter) -> dict[str, Path]:
         "vocab": patched_drafter(copy_drafter, root / "vocab", vocab_size=300),
         "hidden": patched_drafter(copy_drafter, root / "hidden", hidden_size=96),
         "layers": patched_drafter(copy_drafter, root / "layers", target_layer_ids=[0, 7]),
+        "last-layer": patched_drafter(copy_drafter, root / "last-layer", target_layer_ids=[0, 3]),
     }
 
 
@@ -71,7 +72,12 @@ def test_flag_errors_name_the_flag(tiny_target, copy_drafter, overrides, flag):
 
 @pytest.mark.parametrize(
     "kind, message",
-    [("vocab", "vocab_size"), ("hidden", "hidden_size"), ("layers", "target_layer_ids")],
+    [
+        ("vocab", "vocab_size"),
+        ("hidden", "hidden_size"),
+        ("layers", "target_layer_ids"),
+        ("last-layer", "include the target's last layer"),
+    ],
 )
 def test_drafter_target_mismatch(tiny_target, bad_drafters, kind, message):
     with pytest.raises(DSparkArgumentError, match=message):

@@ -1,0 +1,150 @@
+"""Anchor sampling, block construction and the all-blocks forward vs the reference drafter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sglang_dspark.algorithm.config import DSparkConfig
+from sglang_dspark.models.deepspec_drafter import DeepSpecDrafter
+from sglang_dspark.models.synthetic import make_synthetic_target_modules
+from sglang_dspark.train.blocks import (
+    build_blocks,
+    drafter_block_forward,
+    sample_anchors,
+    teacher_forced_outputs,
+)
+from sglang_dspark.train.export import init_drafter_weights
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def small_config(**overrides) -> DSparkConfig:
+    kwargs = dict(
+        block_size=4, mask_token_id=5, target_layer_ids=(0, 2), markov_rank=8, hidden_size=32,
+        vocab_size=50, num_draft_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=8, intermediate_size=48, backbone="llama", qk_norm=False, num_target_layers=3,
+    )
+    kwargs.update(overrides)
+    return DSparkConfig(**kwargs)
+
+
+def test_sample_anchors_follows_deepspec():
+    mask = torch.tensor(
+        [
+            [0, 0, 1, 1, 1, 0, 1, 1, 1, 1],  # candidates: 2, 3, 6, 7, 8
+            [0, 1, 0, 1, 0, 1, 0, 0, 0, 0],  # no two consecutive answer tokens: none
+        ],
+        dtype=torch.bool,
+    )
+    gen = torch.Generator().manual_seed(0)
+    anchors, keep = sample_anchors(mask, 3, generator=gen)
+    assert keep.tolist() == [[True] * 3, [False] * 3]
+    row = anchors[0].tolist()
+    assert row == sorted(row) and len(set(row)) == 3 and set(row) <= {2, 3, 6, 7, 8}
+    assert anchors[1].tolist() == [0, 0, 0]
+    all_anchors, all_keep = sample_anchors(mask, 8, generator=gen)
+    assert all_anchors[0, all_keep[0]].tolist() == [2, 3, 6, 7, 8]
+    # Same generator seed, same draw.
+    again, _ = sample_anchors(mask, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again, anchors)
+
+
+def test_sampling_is_uniform_over_candidates():
+    mask = torch.ones(1, 12, dtype=torch.bool)
+    gen = torch.Generator().manual_seed(1)
+    counts = torch.zeros(12)
+    for _ in range(2000):
+        anchors, keep = sample_anchors(mask, 3, generator=gen)
+        counts.index_add_(0, anchors[0][keep[0]], torch.ones(int(keep.sum())))
+    assert counts[11] == 0  # the last position has no next token
+    freq = counts[:11] / counts.sum()
+    assert float((freq - 1 / 11).abs().max()) < 0.02
+
+
+def test_build_blocks_labels_masks_and_teacher_forcing():
+    ids = torch.tensor([[10, 11, 12, 13, 14, 15, 16, 17]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 0, 0]], dtype=torch.bool)  # answer 2..5
+    anchors = torch.tensor([[2, 4, 0]])
+    keep = torch.tensor([[True, True, False]])
+    blocks = build_blocks(ids, mask, torch.zeros(1, 8, 6), anchors, keep, block_size=4,
+                          mask_token_id=5)
+    assert blocks.block_ids[0].tolist() == [[12, 5, 5, 5], [14, 5, 5, 5], [5, 5, 5, 5]]
+    assert blocks.positions[0, 1].tolist() == [4, 5, 6, 7]
+    assert blocks.target_ids[0, 0].tolist() == [13, 14, 15, 16]
+    # Labels must be answer tokens and the mask a contiguous prefix.
+    assert blocks.eval_mask[0].tolist() == [
+        [True, True, True, False],  # labels at 3, 4, 5 are answer tokens, 6 is not
+        [True, False, False, False],  # label 5 ok, 6 not (and 7 must not count after a gap)
+        [False, False, False, False],
+    ]
+    # Markov teacher forcing: previous tokens are the anchor then the true tokens.
+    assert blocks.prev_ids[0, 0].tolist() == [12, 13, 14, 15]
+
+
+def _random_drafter(config: DSparkConfig, seed: int) -> DeepSpecDrafter:
+    drafter = DeepSpecDrafter(config)
+    init_drafter_weights(drafter, std=0.2, seed=seed)
+    embed, head = make_synthetic_target_modules(config, seed=seed + 1)
+    drafter.attach_target_modules(embed, head)
+    return drafter.eval()
+
+
+@pytest.mark.parametrize("backbone", ["llama", "qwen3"])
+def test_all_blocks_forward_matches_reference_drafter(backbone):
+    config = small_config(backbone=backbone, qk_norm=backbone == "qwen3")
+    drafter = _random_drafter(config, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    lengths = [11, 8]
+    T = max(lengths)
+    ids = torch.randint(0, config.vocab_size, (2, T), generator=gen)
+    mask = torch.zeros(2, T, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        mask[b, :n] = True
+    ctx = torch.randn(2, T, config.context_feature_size, generator=gen)
+    anchors = torch.tensor([[0, 3, 9], [2, 5, 0]])
+    keep = torch.tensor([[True, True, True], [True, True, False]])
+    blocks = build_blocks(ids, mask, ctx, anchors, keep, block_size=config.block_size,
+                          mask_token_id=config.mask_token_id)
+    with torch.no_grad():
+        hidden = drafter_block_forward(drafter, blocks)
+        for b in range(2):
+            for a in range(3):
+                if not keep[b, a]:
+                    continue
+                pos = int(anchors[b, a])
+                ref = drafter.forward(
+                    ctx[b : b + 1, :pos], ids[b, pos : pos + 1], context_lengths=torch.tensor([pos])
+                )
+                torch.testing.assert_close(hidden[b, a], ref.hidden[0], rtol=1e-5, atol=1e-5)
+
+
+def test_teacher_forced_logits_add_markov_term_of_true_tokens():
+    config = small_config()
+    drafter = _random_drafter(config, seed=5)
+    gen = torch.Generator().manual_seed(6)
+    ids = torch.randint(0, config.vocab_size, (1, 10), generator=gen)
+    mask = torch.ones(1, 10, dtype=torch.bool)
+    ctx = torch.randn(1, 10, config.context_feature_size, generator=gen)
+    last = torch.randn(1, 10, config.hidden_size, generator=gen)
+    blocks = build_blocks(ids, mask, ctx, torch.tensor([[1, 4]]), torch.tensor([[True, True]]),
+                          block_size=4, mask_token_id=5, last_hidden=last)
+    with torch.no_grad():
+        out = teacher_forced_outputs(drafter, blocks)
+    head = drafter._target_modules().lm_head
+    w1 = drafter.markov_head.markov_w1.weight
+    w2 = drafter.markov_head.markov_w2.weight
+    prev = torch.tensor([[ids[0, 1], ids[0, 2], ids[0, 3], ids[0, 4]]])
+    want = head(out.hidden[0, 0]) + w1[prev[0]] @ w2.T
+    torch.testing.assert_close(out.draft_logits[0, 0], want, rtol=1e-5, atol=1e-5)
+    # Target logits: the LM head on the target's final hidden state at anchor + k.
+    torch.testing.assert_close(out.target_logits[0, 1], head(last[0, 4:8]), rtol=1e-5, atol=1e-5)
+    conf_in = torch.cat([out.hidden[0, 0], w1[prev[0]]], dim=-1)
+    want_conf = drafter.confidence_head.proj(conf_in).squeeze(-1)
+    torch.testing.assert_close(out.confidence_logits[0, 0], want_conf, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,147 @@
+"""The tiny recipe end to end: output layout, determinism, resume, and a real acceptance gain."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sglang_dspark.algorithm.calibration import StsCalibration
+from sglang_dspark.models.deepspec_drafter import DeepSpecDrafter, load_deepspec_drafter
+from sglang_dspark.train.__main__ import main as train_main
+from sglang_dspark.train.evaluate import _prompt_ids, evaluate_acceptance, greedy_decode
+from sglang_dspark.train.export import init_drafter_weights
+from sglang_dspark.train.recipe import load_recipe
+from sglang_dspark.train.target import load_target
+from sglang_dspark.train.trainer import TrainError, run_training
+
+from .conftest import TINY_RECIPE
+
+DEEPSPEC_KEYS = {
+    "layers.0.input_layernorm.weight", "layers.0.post_attention_layernorm.weight",
+    "layers.0.self_attn.q_proj.weight", "layers.0.self_attn.k_proj.weight",
+    "layers.0.self_attn.v_proj.weight", "layers.0.self_attn.o_proj.weight",
+    "layers.0.mlp.gate_proj.weight", "layers.0.mlp.up_proj.weight", "layers.0.mlp.down_proj.weight",
+    "norm.weight", "fc.weight", "hidden_norm.weight", "markov_head.markov_w1.weight",
+    "markov_head.markov_w2.weight", "confidence_head.proj.weight", "confidence_head.proj.bias",
+}
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    return load_recipe(TINY_RECIPE)
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_target_dir, recipe, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run-a")
+    result = run_training(tiny_target_dir, recipe, out, seed=0, progress=False)
+    return result
+
+
+def _fresh_out(first_run, tmp_path_factory, name):
+    """A new output directory that reuses the first run's distilled data."""
+    out = tmp_path_factory.mktemp(name)
+    shutil.copytree(first_run.out_dir / "data", out / "data")
+    return out
+
+
+def _weights(directory):
+    return load_file(str(directory / "model.safetensors"))
+
+
+def test_writes_a_loadable_deepspec_drafter(first_run, tiny_target_dir, recipe):
+    drafter_dir = first_run.drafter_dir
+    assert {p.name for p in drafter_dir.iterdir()} >= {
+        "config.json", "model.safetensors", "sts_calibration.json", "training_log.json",
+    }
+    raw = json.loads((drafter_dir / "config.json").read_text())
+    for key in ("block_size", "mask_token_id", "target_layer_ids", "markov_rank",
+                "markov_head_type", "enable_confidence_head", "confidence_head_with_markov",
+                "num_target_layers", "num_anchors"):
+        assert key in raw, key
+    assert raw["block_size"] == recipe.drafter.block_size
+    assert set(_weights(drafter_dir)) == DEEPSPEC_KEYS  # no embedding / LM head copies
+
+    target, _ = load_target(tiny_target_dir)
+    drafter = load_deepspec_drafter(
+        drafter_dir, embed_tokens=target.get_input_embeddings(),
+        lm_head=target.get_output_embeddings(), num_target_layers=4,
+    )
+    assert drafter.config.target_layer_ids == tuple(recipe.drafter.target_layer_ids)
+
+    sts = StsCalibration.from_json(drafter_dir / "sts_calibration.json")
+    assert len(sts.temperatures) == recipe.drafter.block_size
+    assert sts.num_samples > 0 and sts.ece_after <= sts.ece_before + 1e-9
+
+    def strict(text):  # no NaN / Infinity: strict JSON for other tools
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+
+    log = strict((drafter_dir / "training_log.json").read_text())
+    assert log["summary"]["steps"] == recipe.train.max_steps == first_run.steps
+    losses = [e["loss"] for e in log["log"] if "loss" in e]
+    assert losses[-1] < losses[0]
+    assert any("val_mean_committed" in e for e in log["log"])
+
+
+def test_same_seed_gives_identical_weights(first_run, tiny_target_dir, recipe, tmp_path_factory):
+    out = _fresh_out(first_run, tmp_path_factory, "run-b")
+    second = run_training(tiny_target_dir, recipe, out, seed=0, progress=False)
+    a, b = _weights(first_run.drafter_dir), _weights(second.drafter_dir)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert second.sts == first_run.sts
+
+
+def test_resume_matches_uninterrupted_run(first_run, tiny_target_dir, recipe, tmp_path_factory,
+                                          capsys):
+    out = _fresh_out(first_run, tmp_path_factory, "run-c")
+    stopped = run_training(tiny_target_dir, recipe, out, seed=0, stop_after_steps=5,
+                           progress=False)
+    assert stopped is None
+    assert (out / "checkpoints" / "step_000005" / "state.pt").is_file()
+    assert not (out / "drafter").exists()
+    with pytest.raises(TrainError, match="--resume"):
+        run_training(tiny_target_dir, recipe, out, seed=0, progress=False)
+    # Resume through the command line.
+    status = train_main(["--target", str(tiny_target_dir), "--recipe", str(TINY_RECIPE),
+                         "--out", str(out), "--seed", "0", "--resume", "--no-progress"])
+    assert status == 0
+    assert capsys.readouterr().out.strip().endswith("drafter")
+    a, b = _weights(first_run.drafter_dir), _weights(out / "drafter")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    log_a = json.loads((first_run.drafter_dir / "training_log.json").read_text())["log"]
+    log_b = json.loads((out / "drafter" / "training_log.json").read_text())["log"]
+    strip = lambda log: [{k: v for k, v in e.items() if k not in ("time", "seconds_per_step",
+                          "supervised_slots_per_second")} for e in log]
+    assert strip(log_a) == strip(log_b)
+
+
+def test_trained_drafter_beats_random_and_stays_lossless(first_run, tiny_target_dir):
+    target, tokenizer = load_target(tiny_target_dir)
+    embed, head = target.get_input_embeddings(), target.get_output_embeddings()
+    trained = load_deepspec_drafter(first_run.drafter_dir, embed_tokens=embed, lm_head=head)
+    random_drafter = DeepSpecDrafter(trained.config)
+    init_drafter_weights(random_drafter, std=0.02, seed=1234)
+    random_drafter.attach_target_modules(embed, head)
+    # Held-out corpus prompts: distilled but never trained on.
+    rows = [json.loads(line) for line in
+            (first_run.out_dir / "data" / "prompts.jsonl").read_text().splitlines()]
+    prompts = [r["text"] for r in rows if r["split"] == "heldout"][:4]
+
+    good = evaluate_acceptance(target, tokenizer, trained, prompts, max_new_tokens=32)
+    bad = evaluate_acceptance(target, tokenizer, random_drafter, prompts, max_new_tokens=32)
+    assert good.num_prompts == bad.num_prompts == 4
+    assert bad.mean_committed < 1.1
+    assert good.mean_committed > bad.mean_committed + 0.3, (good, bad)
+    assert good.per_position[0] > bad.per_position[0] + 0.1
+    # Speculative decoding changes nothing in the greedy output.
+    for prompt, out in zip(prompts, good.outputs):
+        ids = _prompt_ids(tokenizer, prompt, True)
+        assert out == greedy_decode(target, ids, max_new_tokens=32)
+    assert bad.outputs == good.outputs

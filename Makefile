@@ -27,7 +27,7 @@ test: install
 	$(PY) -m pytest
 
 demo: install
-	$(PY) -m sglang_dspark.demo
+	$(PY) -m sglang_dspark.demo run
 
 clean-venv:
 	rm -rf $(VENV)

@@ -278,7 +278,7 @@ class DSparkWorker(BaseSpecWorker):
         )
         return out
 
-    def _sampling_params(self, sampling_info, batch_size: int) -> SamplingParams:
+    def _sampling_params(self, sampling_info) -> SamplingParams:
         temperature = sampling_info.temperatures.view(-1).float()
         top_k = sampling_info.top_ks.view(-1).long()
         # SGLang encodes greedy as top_k == 1 (temperature is then 1.0).
@@ -297,7 +297,7 @@ class DSparkWorker(BaseSpecWorker):
         rows = batch.req_pool_indices.long()
         slot_table = batch.req_to_token_pool.req_to_token
         sampling_info = batch.sampling_info
-        sampling = self._sampling_params(sampling_info, bs)
+        sampling = self._sampling_params(sampling_info)
         greedy = bool(sampling_info.is_all_greedy)
 
         t0 = time.perf_counter()

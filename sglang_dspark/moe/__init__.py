@@ -6,4 +6,6 @@
   (``kernels/mxfp4_moe``) and FlashInfer implementations, plus the
   tensor-parallel weight split.
 * :mod:`~sglang_dspark.moe.flashinfer_mxfp4`: the FlashInfer adapter.
+* :mod:`~sglang_dspark.moe.expert_sharding`: which experts and intermediate
+  columns an (EP, TP) rank keeps, copied from per-expert checkpoint tensors.
 """

@@ -10,7 +10,7 @@ INSTALL_INPUTS := requirements/cpu.txt requirements/constraints-cpu.txt requirem
 # SGLang's CPU engine (native torch layers, torch_native attention).
 export SGLANG_USE_CPU_ENGINE := 1
 
-.PHONY: install test demo drafter clean-venv
+.PHONY: install test demo drafter clean-venv image
 
 install: $(STAMP)
 
@@ -31,3 +31,14 @@ demo: install
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Container image sglang-dspark:<package version> (docker/Dockerfile); needs a Docker engine.
+DOCKER        ?= docker
+IMAGE_VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' sglang_dspark/__init__.py)
+image:
+	@if ! $(DOCKER) info >/dev/null 2>&1; then \
+		echo "make image: no Docker engine reachable here ('$(DOCKER) info' failed). On a machine with one run:" >&2; \
+		echo "  DOCKER_BUILDKIT=1 docker build -f docker/Dockerfile --build-arg VERSION=$(IMAGE_VERSION) -t sglang-dspark:$(IMAGE_VERSION) ." >&2; \
+		exit 1; \
+	fi
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/Dockerfile --build-arg VERSION=$(IMAGE_VERSION) -t sglang-dspark:$(IMAGE_VERSION) .

@@ -1,0 +1,111 @@
+"""``sglang-dspark gpustack register|deploy``: argument parsing and exit codes.
+
+Exit status: 0 done; 1 GPUStack or input error (message on stderr);
+2 usage error; 3 ``deploy`` stopped waiting before an instance ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from sglang_dspark.gpustack.backend_file import load_backend_file
+from sglang_dspark.gpustack.client import Credentials, GPUStackClient, GPUStackError, ServerConfig
+
+API_KEY_ENV = "GPUSTACK_API_KEY"
+
+
+def add_parser(groups: argparse._SubParsersAction) -> None:
+    """Attach ``gpustack`` and its sub-commands to the top-level parser."""
+    gp = groups.add_parser("gpustack", help="register the DSPARK backend version and deploy on GPUStack")
+    sub = gp.add_subparsers(dest="command", required=True)
+
+    reg = sub.add_parser("register", help="add/update the dspark-custom version of GPUStack's SGLang backend")
+    _server_args(reg)
+    reg.add_argument("--image", help="container image for the version (default: the backend file's)")
+    reg.add_argument("--version-name", help="version name, must end in -custom (default: dspark-custom)")
+    reg.set_defaults(run=run_register)
+
+    dep = sub.add_parser("deploy", help="create the DeepSeek-V4-Flash-DSpark model and wait for its instance")
+    _server_args(dep)
+    dep.add_argument("--name", help="model name (default: the template's)")
+    dep.add_argument("--cluster-id", type=int, help="cluster to deploy in (default: the default cluster)")
+    dep.add_argument("--version-name", help="backend version the model names (default: the template's)")
+    dep.add_argument("--wait", type=float, default=1800.0, metavar="SECONDS",
+                     help="how long to wait for a running instance; 0 returns at once (default 1800)")
+    dep.add_argument("--poll", type=float, default=5.0, metavar="SECONDS", help=argparse.SUPPRESS)
+    dep.set_defaults(run=run_deploy)
+
+
+def _server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", required=True, help="GPUStack server URL, e.g. https://gpustack.example")
+    auth = p.add_mutually_exclusive_group()
+    auth.add_argument("--api-key", help=f"GPUStack API key (or set {API_KEY_ENV})")
+    auth.add_argument("--username", help="GPUStack user (an administrator), with --password-file")
+    p.add_argument("--password-file", type=Path, help="file whose first line is the password")
+    p.add_argument("--insecure", action="store_true", help="do not verify the server's TLS certificate")
+    p.add_argument("--backend-file", type=Path, help="backend YAML (default: the packaged dspark-backend.yaml)")
+
+
+def _client(args: argparse.Namespace) -> GPUStackClient:
+    if args.username:
+        if not args.password_file:
+            raise ValueError("--username needs --password-file")
+        try:
+            lines = args.password_file.read_text().splitlines()
+        except OSError as e:
+            raise ValueError(f"--password-file {args.password_file}: {e.strerror}") from None
+        if not lines or not lines[0]:
+            raise ValueError(f"--password-file {args.password_file} is empty")
+        creds = Credentials(username=args.username, password=lines[0])
+    else:
+        key = args.api_key or os.environ.get(API_KEY_ENV)
+        if not key:
+            raise ValueError(f"give --api-key (or {API_KEY_ENV}), or --username with --password-file")
+        creds = Credentials(api_key=key)
+    return GPUStackClient(ServerConfig(url=args.server, credentials=creds, insecure=args.insecure))
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+def run_register(args: argparse.Namespace) -> int:
+    """``gpustack register``."""
+    from dataclasses import replace
+
+    from sglang_dspark.gpustack.register import register_version
+
+    try:
+        version = load_backend_file(args.backend_file).version
+        if args.image:
+            version = replace(version, image_name=args.image)
+        if args.version_name:
+            version = replace(version, name=args.version_name)
+        register_version(_client(args), version, log=_log)
+    except (GPUStackError, ValueError) as e:
+        print(f"sglang-dspark gpustack register: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_deploy(args: argparse.Namespace) -> int:
+    """``gpustack deploy``."""
+    from dataclasses import replace
+
+    from sglang_dspark.gpustack.deploy import deploy_model
+
+    try:
+        template = load_backend_file(args.backend_file).model
+        if args.version_name:
+            template = replace(template, backend_version=args.version_name)
+        result = deploy_model(
+            _client(args), template, cluster_id=args.cluster_id, name=args.name,
+            wait_s=args.wait, poll_s=args.poll, log=_log,
+        )
+    except (GPUStackError, ValueError) as e:
+        print(f"sglang-dspark gpustack deploy: {e}", file=sys.stderr)
+        return 1
+    return {"running": 0, "not-waited": 0, "failed": 1, "timeout": 3}[result.outcome]

@@ -1,0 +1,180 @@
+"""``sglang-dspark gpustack register|deploy`` against a real GPUStack 2.3.0 and PostgreSQL 15.
+
+The tests in this module share one server and run in file order: the backend
+is seeded with another custom version, registered, re-registered, updated, and
+then a model is deployed with the registered version.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from sglang_dspark.gpustack.backend_file import load_backend_file
+from sglang_dspark.gpustack.register import backend_path
+from tests.gpustack.conftest import LiveGPUStack, run_cli
+from tests.gpustack.services import free_port
+
+pytestmark = pytest.mark.slow
+
+SGLANG = backend_path("SGLang")
+OTHER = {
+    "image_name": "example/sglang-other:1.0",
+    "run_command": "--model-path {{model_path}} --port {{port}}",
+    "entrypoint": "python3 -m sglang.launch_server",
+    "custom_framework": "cuda",
+    "env": {"OTHER": "1"},
+}
+
+
+def _auth(live: LiveGPUStack, password_file=None) -> list[str]:
+    return ["--server", live.server.url, "--username", "admin",
+            "--password-file", str(password_file or live.password_file)]
+
+
+def _no_secret(live: LiveGPUStack, proc) -> None:
+    assert live.password not in proc.stdout + proc.stderr
+
+
+def _without(obj: dict, *keys: str) -> dict:
+    return {k: v for k, v in obj.items() if k not in keys}
+
+
+@pytest.fixture(scope="module")
+def seeded(gpustack_live: LiveGPUStack) -> dict:
+    """The SGLang backend after another admin added a version and a description by hand."""
+    backend = gpustack_live.admin.get(SGLANG)
+    body = copy.deepcopy(backend)
+    body["version_configs"] = {"other-custom": OTHER}
+    body["description"] = "edited by hand"
+    body["default_env"] = {"KEEP": "me"}
+    gpustack_live.admin.put(f"/v2/inference-backends/{backend['id']}", body)
+    return gpustack_live.admin.get(SGLANG)
+
+
+def test_register_adds_version_and_keeps_everything_else(gpustack_live, seeded):
+    proc = run_cli("gpustack", "register", *_auth(gpustack_live))
+    assert proc.returncode == 0, proc.stderr
+    assert "dspark-custom added" in proc.stdout
+    _no_secret(gpustack_live, proc)
+
+    after = gpustack_live.admin.get(SGLANG)
+    want = load_backend_file().version
+    got = after["version_configs"]["dspark-custom"]
+    assert got["image_name"] == want.image_name
+    assert got["entrypoint"] == "sglang serve"
+    assert got["run_command"] == "--model-path {{model_path}} --host {{worker_ip}} --port {{port}}"
+    assert got["custom_framework"] == "cuda"
+    assert got["env"] == want.env
+    # Everything else exactly as before (the other version, description, env, flags).
+    assert after["version_configs"]["other-custom"] == seeded["version_configs"]["other-custom"]
+    assert _without(after, "updated_at", "version_configs") == _without(seeded, "updated_at", "version_configs")
+    assert set(after["version_configs"]) == {"other-custom", "dspark-custom"}
+
+
+def test_register_twice_changes_nothing(gpustack_live, seeded):
+    before = gpustack_live.admin.get(SGLANG)
+    proc = run_cli("gpustack", "register", *_auth(gpustack_live))
+    assert proc.returncode == 0, proc.stderr
+    assert "dspark-custom unchanged" in proc.stdout
+    assert gpustack_live.admin.get(SGLANG) == before  # not even updated_at moved
+
+
+def test_register_with_new_image_updates_only_that_version(gpustack_live, seeded):
+    before = gpustack_live.admin.get(SGLANG)
+    image = "registry.example/sglang-dspark:0.1.0-test"
+    proc = run_cli("gpustack", "register", *_auth(gpustack_live), "--image", image)
+    assert proc.returncode == 0, proc.stderr
+    assert "dspark-custom updated" in proc.stdout
+    after = gpustack_live.admin.get(SGLANG)
+    assert after["version_configs"]["dspark-custom"]["image_name"] == image
+    assert after["version_configs"]["other-custom"] == before["version_configs"]["other-custom"]
+    assert _without(after, "updated_at", "version_configs") == _without(before, "updated_at", "version_configs")
+    # back to the file's image for the tests below
+    assert run_cli("gpustack", "register", *_auth(gpustack_live)).returncode == 0
+
+
+def test_register_with_api_key(gpustack_live, seeded):
+    key = gpustack_live.admin.post("/v2/api-keys", {"name": "dspark-test"})["value"]
+    proc = run_cli("gpustack", "register", "--server", gpustack_live.server.url, "--api-key", key)
+    assert proc.returncode == 0, proc.stderr
+    assert "unchanged" in proc.stdout
+    assert key not in proc.stdout + proc.stderr
+
+
+def test_wrong_password_is_a_clear_error(gpustack_live, tmp_path):
+    wrong = "Wrong-" + gpustack_live.password[::-1]
+    (tmp_path / "pw").write_text(wrong + "\n")
+    before = gpustack_live.admin.get(SGLANG)
+    proc = run_cli("gpustack", "register", *_auth(gpustack_live, tmp_path / "pw"))
+    assert proc.returncode == 1
+    assert "401" in proc.stderr and "refused the credentials" in proc.stderr
+    assert wrong not in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert gpustack_live.admin.get(SGLANG) == before
+
+
+def test_unreachable_server_is_a_clear_error(gpustack_live):
+    proc = run_cli("gpustack", "register", "--server", f"http://127.0.0.1:{free_port()}",
+                   "--username", "admin", "--password-file", str(gpustack_live.password_file))
+    assert proc.returncode == 1
+    assert "cannot reach GPUStack" in proc.stderr and "Traceback" not in proc.stderr
+    _no_secret(gpustack_live, proc)
+
+
+def test_server_without_the_api_is_a_clear_error(gpustack_live):
+    # A base path under which the real server has no inference-backend routes:
+    # the 404 a GPUStack without that API answers.
+    proc = run_cli("gpustack", "register", "--server", gpustack_live.server.url + "/gpustack-1",
+                   "--username", "admin", "--password-file", str(gpustack_live.password_file))
+    assert proc.returncode == 1
+    assert "404" in proc.stderr and "GPUStack 2.x" in proc.stderr
+    _no_secret(gpustack_live, proc)
+
+
+def test_deploy_without_a_cluster_says_so(gpustack_live, seeded):
+    assert gpustack_live.admin.get("/v2/clusters")["items"] == []
+    proc = run_cli("gpustack", "deploy", *_auth(gpustack_live), "--wait", "0")
+    assert proc.returncode == 1
+    assert "no cluster" in proc.stderr
+
+
+def test_deploy_creates_the_model_and_reports_instance_state(gpustack_live, seeded):
+    cluster = gpustack_live.admin.post("/v2/clusters", {"name": "dspark-test"})
+    proc = run_cli("gpustack", "deploy", *_auth(gpustack_live), "--wait", "15", "--poll", "1")
+    # No GPU worker exists here: the instance is never placed, so the wait times out cleanly.
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "created" in proc.stdout
+    assert "instance deepseek-v4-flash-dspark-" in proc.stdout
+    assert "gave up waiting after 15 s" in proc.stdout
+    _no_secret(gpustack_live, proc)
+
+    template = load_backend_file().model
+    items = gpustack_live.admin.get("/v2/models?search=deepseek-v4-flash-dspark")["items"]
+    (model,) = [m for m in items if m["name"] == template.name]
+    assert model["source"] == "model_scope"
+    assert model["model_scope_model_id"] == "deepseek-ai/DeepSeek-V4-Flash-DSpark"
+    assert model["backend"] == "SGLang"
+    assert model["backend_version"] == "dspark-custom"
+    assert model["backend_parameters"] == list(template.backend_parameters)
+    assert model["replicas"] == 1
+    assert model["cluster_id"] == cluster["id"]
+    instances = gpustack_live.admin.get(f"/v2/models/{model['id']}/instances")["items"]
+    assert instances and all(i["backend_version"] == "dspark-custom" for i in instances)
+    assert all(i["state"] != "running" for i in instances)
+
+
+def test_deploy_again_reuses_the_model(gpustack_live, seeded):
+    proc = run_cli("gpustack", "deploy", *_auth(gpustack_live), "--wait", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert "already exists" in proc.stdout
+    items = gpustack_live.admin.get("/v2/models?search=deepseek-v4-flash-dspark")["items"]
+    assert len([m for m in items if m["name"] == "deepseek-v4-flash-dspark"]) == 1
+
+
+def test_deploy_needs_the_registered_version(gpustack_live, seeded):
+    proc = run_cli("gpustack", "deploy", *_auth(gpustack_live), "--version-name", "nope-custom",
+                   "--name", "other-model", "--wait", "0")
+    assert proc.returncode == 1
+    assert "run `sglang-dspark gpustack register` first" in proc.stderr

@@ -7,7 +7,9 @@ DSPARK`` is served by this project:
 - ``SpeculativeAlgorithm.create_worker``: DSPARK builds :class:`DSparkWorker`;
 - ``speculative_hook._handle_dspark``: our argument checks (errors before any
   weight is read, CPU allowed);
-- ``TorchNativeAttnBackend.forward_extend``: TARGET_VERIFY on the CPU path.
+- ``TorchNativeAttnBackend.forward_extend``: TARGET_VERIFY on the CPU path;
+- ``Mxfp4Config``/``Fp8Config.get_quant_method``: MXFP4 experts under
+  ``--moe-runner-backend flashinfer_mxfp4`` (see :mod:`.mxfp4_moe_runner`).
 
 ``SGLANG_DSPARK_IMPL=builtin`` leaves the name to SGLang's built-in DSPARK.
 """
@@ -68,6 +70,9 @@ def load() -> None:
     """Register sglang-dspark's hooks (called by SGLang's ``load_plugins``)."""
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
+    from sglang_dspark.sglang.mxfp4_moe_runner import register_hooks as register_mxfp4_runner
+
+    register_mxfp4_runner()  # --moe-runner-backend flashinfer_mxfp4, independent of DSPARK
     impl = selected_impl()
     if impl == BUILTIN:
         HookRegistry.register(_HANDLE_DSPARK, _handle_dspark_builtin, HookType.AFTER)

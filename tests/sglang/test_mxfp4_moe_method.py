@@ -1,0 +1,115 @@
+"""The SGLang quant method behind ``--moe-runner-backend flashinfer_mxfp4``, driven without a server.
+
+Each (EP, TP) rank gets its own layer; every checkpoint expert tensor is fed to
+every rank's loader under the names SGLang's model loaders use, and the rank
+outputs (what the layer all-reduces) must sum to the unsharded MoE.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sglang_dspark.moe import mxfp4
+from sglang_dspark.moe.moe_forward import moe_forward
+
+pytest.importorskip("sglang")
+
+E, H, I, K = 8, 64, 64, 2
+
+
+class FakeFusedMoE(torch.nn.Module):
+    def __init__(self, ep_size: int, ep_rank: int, tp_size: int, tp_rank: int, limit, factor) -> None:
+        super().__init__()
+        self.num_global_routed_experts = E
+        self.hidden_size_unpadded = H
+        self.intermediate_size_per_partition = I // tp_size
+        self.moe_ep_size, self.moe_ep_rank, self.moe_tp_size, self.moe_tp_rank = ep_size, ep_rank, tp_size, tp_rank
+        self.num_fused_shared_experts = 0
+        self.should_fuse_routed_scaling_factor_in_topk = False
+        self.moe_runner_config = SimpleNamespace(
+            activation="silu", gemm1_alpha=None, apply_router_weight_on_input=False,
+            swiglu_limit=limit, routed_scaling_factor=factor,
+        )
+
+
+def checkpoint():
+    g = torch.Generator().manual_seed(0)
+    return {
+        (e, s): mxfp4.quantize(torch.randn(*(shape), generator=g) * 0.3)
+        for e in range(E)
+        for s, shape in (("w1", (I, H)), ("w3", (I, H)), ("w2", (H, I)))
+    }
+
+
+def build(method_cls, ckpt, scale_suffix: str, **rank):
+    layer = FakeFusedMoE(**rank)
+    method = method_cls("model.layers.0.mlp.experts", impl="torch", scale_suffix=scale_suffix)
+    method.create_weights(layer, E // rank["ep_size"], H, I // rank["tp_size"], torch.float32)
+    method.create_moe_runner(layer, layer.moe_runner_config)
+    params = dict(layer.named_parameters())
+    for (e, s), (packed, scale) in ckpt.items():
+        group = "w13_" if s in ("w1", "w3") else "w2_"
+        for suffix, tensor in (("weight", packed), (scale_suffix, scale.view(torch.float8_e8m0fnu))):
+            name = f"experts.{group}{suffix}"  # what make_expert_params_mapping produces
+            param = params[name[len("experts."):]]
+            param.weight_loader(param, tensor, name, shard_id=s, expert_id=e)
+    return layer, method
+
+
+@pytest.mark.parametrize("scale_suffix, limit, factor", [("weight_scale", None, None), ("weight_scale_inv", 1.0, 1.5)])
+def test_ranks_sum_to_unsharded_moe(scale_suffix, limit, factor) -> None:
+    from sglang.srt.layers.moe.topk import StandardTopKOutput
+    from sglang.srt.layers.moe.utils import MoeRunnerBackend
+
+    from sglang_dspark.sglang.mxfp4_moe_method import DSparkMxfp4MoEMethod
+
+    ckpt = checkpoint()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, H, generator=g)
+    ids = torch.stack([torch.randperm(E, generator=g)[:K] for _ in range(5)]).to(torch.int32)
+    weights = torch.rand(5, K, generator=g)
+    w13 = torch.stack([torch.cat([ckpt[(e, "w1")][0], ckpt[(e, "w3")][0]]) for e in range(E)])
+    w13s = torch.stack([torch.cat([ckpt[(e, "w1")][1], ckpt[(e, "w3")][1]]) for e in range(E)])
+    w2 = torch.stack([ckpt[(e, "w2")][0] for e in range(E)])
+    w2s = torch.stack([ckpt[(e, "w2")][1] for e in range(E)])
+    want = moe_forward(x, w13, w13s, w2, w2s, weights, ids, impl="torch", swiglu_limit=limit) * (factor or 1.0)
+
+    dispatch = SimpleNamespace(hidden_states=x, topk_output=StandardTopKOutput(weights, ids, torch.zeros(5, E)))
+    total = torch.zeros_like(want)
+    for ep_rank in range(2):
+        for tp_rank in range(2):
+            layer, method = build(DSparkMxfp4MoEMethod, ckpt, scale_suffix, ep_size=2, ep_rank=ep_rank,
+                                  tp_size=2, tp_rank=tp_rank, limit=limit, factor=factor)
+            assert method.get_moe_runner_backend(layer) is MoeRunnerBackend.FLASHINFER_MXFP4
+            assert getattr(layer, f"w2_{scale_suffix}").shape == (4, H, I // 2 // 32)
+            total += method.apply(layer, dispatch).hidden_states
+    torch.testing.assert_close(total, want, rtol=1e-5, atol=1e-5)
+
+
+def test_unsupported_layers_are_refused() -> None:
+    from sglang_dspark.sglang.mxfp4_moe_method import DSparkMxfp4MoEMethod
+
+    layer = FakeFusedMoE(1, 0, 1, 0, None, None)
+    layer.num_fused_shared_experts = 1
+    with pytest.raises(ValueError, match="--disable-shared-experts-fusion"):
+        DSparkMxfp4MoEMethod("p").create_weights(layer, E, H, I, torch.float32)
+    layer = FakeFusedMoE(1, 0, 1, 0, None, None)
+    layer.moe_runner_config.gemm1_alpha = 1.702
+    with pytest.raises(ValueError, match="SiLU-gated"):
+        DSparkMxfp4MoEMethod("p").create_weights(layer, E, H, I, torch.float32)
+
+
+def test_runner_env_switches(monkeypatch) -> None:
+    from sglang_dspark.sglang import mxfp4_moe_runner as runner
+
+    monkeypatch.setenv(runner.RUNNER_ENV, "builtin")
+    assert not runner.runner_enabled()
+    monkeypatch.setenv(runner.RUNNER_ENV, "nonsense")
+    with pytest.raises(ValueError, match="builtin"):
+        runner.runner_enabled()
+    monkeypatch.setenv(runner.IMPL_ENV, "cuda")
+    with pytest.raises(ValueError, match="torch"):
+        runner.selected_impl()

@@ -1,0 +1,69 @@
+"""A DeepSpec drafter that proposes the previous token again (tests and smoke benchmarks).
+
+Built from a synthetic checkpoint of the right layout for a given target, so
+a real DSPARK server can be started in seconds without training anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from sglang_dspark.algorithm.config import DSparkConfig
+from sglang_dspark.models.synthetic import write_synthetic_deepspec_checkpoint
+
+__all__ = ["COPY_DRAFTER_BLOCK_SIZE", "copy_drafter_config", "write_copy_drafter"]
+
+COPY_DRAFTER_BLOCK_SIZE = 4
+
+
+def copy_drafter_config(target_dir: Path, **overrides) -> DSparkConfig:
+    """A one-layer Llama-backbone drafter config matching the target in ``target_dir``."""
+    target = json.loads((Path(target_dir) / "config.json").read_text())
+    fields = dict(
+        block_size=COPY_DRAFTER_BLOCK_SIZE,
+        mask_token_id=int(target["vocab_size"]) - 1,
+        target_layer_ids=(0, 2),
+        markov_rank=256,
+        hidden_size=int(target["hidden_size"]),
+        vocab_size=int(target["vocab_size"]),
+        num_draft_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+        backbone="llama",
+        qk_norm=False,
+        num_target_layers=int(target["num_hidden_layers"]),
+        rms_norm_eps=1e-6,
+        max_position_embeddings=2048,
+    )
+    fields.update(overrides)
+    return DSparkConfig(**fields)
+
+
+def write_copy_drafter(directory: Path, config: DSparkConfig) -> Path:
+    """Write a DeepSpec drafter whose Markov head proposes the previous token again.
+
+    W2 . W1[x] is large for y == x (random unit vectors in rank 256 are nearly
+    orthogonal), so the block is the anchor repeated; the tiny random target
+    often repeats tokens, so verify steps accept several drafts, reject some,
+    and cover every path (full block, partial, none). The confidence head is
+    biased high so the scheduler verifies whole blocks at low load.
+    """
+    from safetensors.torch import load_file, save_file
+
+    directory = Path(directory)
+    write_synthetic_deepspec_checkpoint(directory, config, seed=0)
+    weights = load_file(str(directory / "model.safetensors"))
+    gen = torch.Generator().manual_seed(1)
+    u = torch.randn(config.vocab_size, config.markov_rank, generator=gen)
+    u = u / u.norm(dim=1, keepdim=True)
+    weights["markov_head.markov_w1.weight"] = 60.0 * u
+    weights["markov_head.markov_w2.weight"] = u.clone()
+    weights["confidence_head.proj.weight"].zero_()
+    weights["confidence_head.proj.bias"].fill_(4.0)
+    save_file(weights, str(directory / "model.safetensors"))
+    return directory

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,9 +72,18 @@ def write_sharegpt(prompts: list[str], path: Path) -> Path:
 
 
 def run_bench_serving(
-    server: ServerProcess, workload: Workload, tokenizer: str | Path, output: Path, *, timeout: float = 1800
+    server: ServerProcess,
+    workload: Workload,
+    tokenizer: str | Path,
+    output: Path,
+    *,
+    timeout: float = 1800,
+    extra_args: Sequence[str] = (),
 ) -> dict:
-    """Benchmark ``server``; return bench_serving's result dict (also appended to ``output``)."""
+    """Benchmark ``server``; return bench_serving's result dict (also appended to ``output``).
+
+    ``extra_args`` go to bench_serving after the workload's own flags.
+    """
     output.parent.mkdir(parents=True, exist_ok=True)
     output.unlink(missing_ok=True)
     cmd = [
@@ -84,6 +94,7 @@ def run_bench_serving(
         "--output-file", str(output),
         "--disable-tqdm",
         *workload.args(tokenizer),
+        *extra_args,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0 or not output.exists():

@@ -121,11 +121,15 @@ def plot_verify_tokens(report: dict, path: Path) -> None:
     ]
     if series:
         bounds = [b for b, _ in series[0][1]]
-        names = [f"<={b:g}" if b != float("inf") else f">{bounds[-2]:g}" for b in bounds]
+        # Integer-valued observations: bucket (lo, hi] holds lo + 1 .. hi. Empty tail buckets are cut.
+        last = max(i for _, hist in series for i, (_, c) in enumerate(hist) if c > 0)
+        bounds = bounds[: last + 1]
+        names = [_bucket_name(bounds, i) for i in range(len(bounds))]
         width = 0.8 / len(series)
         for i, (label, hist) in enumerate(series):
             total = sum(c for _, c in hist) or 1
-            ax.bar([x + i * width for x in range(len(hist))], [c / total for _, c in hist], width, label=label)
+            ys = [c / total for _, c in hist[: len(bounds)]]
+            ax.bar([x + i * width for x in range(len(bounds))], ys, width, label=label)
         ax.set_xticks([x + 0.4 - width / 2 for x in range(len(bounds))], names, fontsize=7)
         ax.set_xlabel("tokens verified in one step (whole batch)")
         ax.set_ylabel("share of steps")
@@ -134,6 +138,14 @@ def plot_verify_tokens(report: dict, path: Path) -> None:
         _no_data(ax, "no speculative server exported sglang_dspark:verify_tokens_per_step")
     ax.set_title("tokens verified per step")
     _save(fig, path)
+
+
+def _bucket_name(bounds: list[float], i: int) -> str:
+    hi = bounds[i]
+    lo = 0 if i == 0 else bounds[i - 1]
+    if hi == float("inf"):
+        return f">{lo:g}"
+    return f"{hi:g}" if hi - lo <= 1 else f"{lo + 1:g}-{hi:g}"
 
 
 def write_plots(report: dict, out_dir: Path) -> dict[str, Path]:

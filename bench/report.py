@@ -102,7 +102,9 @@ def format_table(report: dict) -> str:
         f"greedy, bench_serving seed {report['scenario']['seed']}.",
         "per-user tok/s = 1000 / mean TPOT; accept len = tokens committed per request per step; "
         "sched. overhead = DSPARK prefix scheduler + bookkeeping time / whole step time "
-        "(`sglang_dspark:overhead_seconds` / `step_seconds`).",
+        "(`sglang_dspark:overhead_seconds` / `step_seconds`). DSPARK figures are differences of the "
+        "worker's histograms around each level; other speculative servers show bench_serving's "
+        "`accept_length` (SGLang's running average since server start).",
     ]
     if price is not None:
         notes.append(f"$ / M out tok at {price} per device-hour and the measured output throughput.")

@@ -92,6 +92,7 @@ def draft_block(
     *,
     sts_temperatures: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    uniforms: torch.Tensor | None = None,
 ) -> DraftBlock:
     """Draft a block sequentially through the Markov head.
 
@@ -104,6 +105,8 @@ def draft_block(
         sampling: per-request parameters, also used later for the target.
         sts_temperatures: optional ``[K]`` STS temperatures for ``confidence``.
         generator: RNG for sampled rows.
+        uniforms: optional ``[B, K]`` noise in ``(0, 1)`` that fixes the sampled
+            tokens instead of ``generator`` (see :mod:`.seeded_noise`).
     """
     if backbone_logits.ndim != 3 or backbone_hidden.ndim != 3:
         raise ValueError(
@@ -131,7 +134,9 @@ def draft_block(
         state = step.state
         logits_k = backbone_logits[:, k].float() + step.bias.float()
         probs_k = logits_to_probs(logits_k, sampling.temperature, sampling.top_p, sampling.top_k)
-        prev = sample_from_probs(probs_k, generator=generator)
+        prev = sample_from_probs(
+            probs_k, generator=generator, uniforms=None if uniforms is None else uniforms[:, k]
+        )
         tokens.append(prev)
         probs.append(probs_k)
         features.append(step.prev_features)

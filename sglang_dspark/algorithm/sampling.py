@@ -191,12 +191,24 @@ def logits_to_probs(
 
 
 def sample_from_probs(
-    probs: torch.Tensor, *, generator: torch.Generator | None = None
+    probs: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    uniforms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One token per row of ``probs`` (``[..., V]`` -> ``[...]``, int64).
 
-    Rows that are one-hot (greedy) always return their argmax.
+    With ``uniforms`` (``[...]``, values in ``(0, 1)``) the token is drawn by
+    inverse CDF from that noise, so given noise gives a given token;
+    otherwise ``torch.multinomial`` with ``generator``. Rows that are one-hot
+    (greedy) always return their argmax.
     """
     flat = probs.reshape(-1, probs.shape[-1])
-    tokens = torch.multinomial(flat, num_samples=1, generator=generator).squeeze(-1)
+    if uniforms is None:
+        tokens = torch.multinomial(flat, num_samples=1, generator=generator).squeeze(-1)
+    else:
+        cdf = flat.double().cumsum(dim=-1)
+        target = uniforms.reshape(-1, 1).to(cdf) * cdf[:, -1:]
+        # First index whose CDF reaches the target: its probability is > 0.
+        tokens = torch.searchsorted(cdf, target).squeeze(-1).clamp_(max=flat.shape[-1] - 1)
     return tokens.reshape(probs.shape[:-1])

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .sampling import sample_from_probs
+
 __all__ = ["VerifyResult", "verify_block"]
 
 
@@ -46,6 +48,7 @@ def verify_block(
     greedy: bool = False,
     generator: torch.Generator | None = None,
     verify_lens: torch.Tensor | None = None,
+    uniforms: torch.Tensor | None = None,
 ) -> VerifyResult:
     """Verify drafted blocks against the target distribution.
 
@@ -66,6 +69,10 @@ def verify_block(
             plain decoding (one token from ``target_probs[b, 0]``). Values
             are clamped to ``0..K`` (no host sync to check them). Defaults
             to ``K`` for every request.
+        uniforms: optional ``[B, K + 1]`` noise in ``(0, 1)`` used instead of
+            ``generator``: columns ``0..K-1`` for the acceptance tests, column
+            ``K`` for the correction / bonus token (inverse CDF). Fixed noise
+            gives fixed tokens (per-request seeds, see :mod:`.seeded_noise`).
 
     Returns:
         A :class:`VerifyResult`.
@@ -104,7 +111,14 @@ def verify_block(
     else:
         p_t = _as_float(target_probs[:, :k].gather(-1, draft_tokens[..., None]).squeeze(-1))
         p_d = _as_float(draft_probs.gather(-1, draft_tokens[..., None]).squeeze(-1))
-        u = torch.rand((batch, k), generator=generator, device=device, dtype=p_t.dtype)
+        if uniforms is None:
+            u = torch.rand((batch, k), generator=generator, device=device, dtype=p_t.dtype)
+        else:
+            if uniforms.shape != (batch, k + 1):
+                raise ValueError(
+                    f"uniforms must be [B, K + 1] = [{batch}, {k + 1}], got {tuple(uniforms.shape)}"
+                )
+            u = uniforms[:, :k].to(p_t.dtype)
         # u < p_t / p_d without the division: a draft with p_d == 0 (impossible
         # if it was really sampled from p_d) is accepted iff the target gives
         # it mass, and a token with p_t == 0 is never accepted.
@@ -126,7 +140,9 @@ def verify_block(
             # unless the inputs are not normalised alike; fall back to p_t then.
             use_residual = (num_accepted < verify_lens) & (residual.sum(dim=-1) > 0)
             dist = torch.where(use_residual[:, None], residual, dist)
-        final_token = torch.multinomial(dist, 1, generator=generator).squeeze(-1)
+        final_token = sample_from_probs(
+            dist, generator=generator, uniforms=None if uniforms is None else uniforms[:, k]
+        )
 
     padded = torch.cat([draft_tokens, draft_tokens.new_full((batch, 1), -1)], dim=1)
     tokens = padded.masked_fill_(~committed, -1)

@@ -537,6 +537,7 @@ class DeepSpecDrafter(nn.Module):
         *,
         sts_temperatures: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        uniforms: torch.Tensor | None = None,
     ) -> DraftBlock:
         """Backbone pass plus sequential Markov drafting of one block."""
         out = self.forward_block(anchor_tokens, cache)
@@ -549,6 +550,7 @@ class DeepSpecDrafter(nn.Module):
             sampling,
             sts_temperatures=sts_temperatures,
             generator=generator,
+            uniforms=uniforms,
         )
 
 

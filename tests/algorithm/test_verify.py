@@ -13,6 +13,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
+from sglang_dspark.algorithm.seeded_noise import VERIFY_STREAM, seeded_uniforms
 from sglang_dspark.algorithm.verify import VerifyResult, verify_block
 
 BATCH = 40_000
@@ -265,3 +266,29 @@ def test_low_precision_inputs_and_validation() -> None:
         verify_block(draft_tokens[:4], draft_probs[:4], target_probs[:4, :K])
     with pytest.raises(ValueError, match="verify_lens"):
         verify_block(draft_tokens[:4], draft_probs[:4], target_probs[:4], verify_lens=torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", ["dirichlet", "random_verify_lens"])
+def test_uniform_noise_path_follows_target_distribution(name: str) -> None:
+    """The per-request-seed path (explicit uniforms) is lossless too."""
+    gen, target, draft_tokens, draft_probs, target_probs, verify_lens = _sample_batch(name, seed=99)
+    seeds = torch.arange(BATCH, dtype=torch.int64) * 7919 - 12345
+    uniforms = seeded_uniforms(seeds, torch.full((BATCH,), 17), VERIFY_STREAM, K + 1)
+    result = verify_block(
+        draft_tokens, draft_probs, target_probs, verify_lens=verify_lens, uniforms=uniforms
+    )
+    assert min(_position_pvalues(result, target)) > P_THRESHOLD
+
+
+def test_uniform_noise_fixes_the_outcome_per_row() -> None:
+    """A row's result depends only on its own noise, not on the rest of the batch."""
+    gen, _, draft_tokens, draft_probs, target_probs, _ = _sample_batch("dirichlet", seed=5)
+    uniforms = torch.rand((BATCH, K + 1), generator=gen, dtype=torch.float64)
+    full = verify_block(draft_tokens, draft_probs, target_probs, uniforms=uniforms)
+    rows = torch.tensor([3, 10, 11])
+    part = verify_block(
+        draft_tokens[rows], draft_probs[rows], target_probs[rows], uniforms=uniforms[rows]
+    )
+    assert torch.equal(part.tokens, full.tokens[rows])
+    with pytest.raises(ValueError, match="uniforms must be"):
+        verify_block(draft_tokens, draft_probs, target_probs, uniforms=uniforms[:, :K])

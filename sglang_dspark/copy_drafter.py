@@ -44,14 +44,17 @@ def copy_drafter_config(target_dir: Path, **overrides) -> DSparkConfig:
     return DSparkConfig(**fields)
 
 
-def write_copy_drafter(directory: Path, config: DSparkConfig) -> Path:
+def write_copy_drafter(directory: Path, config: DSparkConfig, *, confidence_spread: float = 0.0) -> Path:
     """Write a DeepSpec drafter whose Markov head proposes the previous token again.
 
     W2 . W1[x] is large for y == x (random unit vectors in rank 256 are nearly
     orthogonal), so the block is the anchor repeated; the tiny random target
     often repeats tokens, so verify steps accept several drafts, reject some,
     and cover every path (full block, partial, none). The confidence head is
-    biased high so the scheduler verifies whole blocks at low load.
+    biased high so the scheduler verifies whole blocks at low load;
+    ``confidence_spread > 0`` adds a random dependence on the drafter's hidden
+    state (logit standard deviation about ``confidence_spread``), so requests
+    get different confidences and the scheduler gives them different lengths.
     """
     from safetensors.torch import load_file, save_file
 
@@ -63,7 +66,10 @@ def write_copy_drafter(directory: Path, config: DSparkConfig) -> Path:
     u = u / u.norm(dim=1, keepdim=True)
     weights["markov_head.markov_w1.weight"] = 60.0 * u
     weights["markov_head.markov_w2.weight"] = u.clone()
-    weights["confidence_head.proj.weight"].zero_()
+    proj = weights["confidence_head.proj.weight"].zero_()
+    if confidence_spread > 0:
+        h = config.hidden_size
+        proj[:, :h] = torch.randn(1, h, generator=gen) * (confidence_spread / h**0.5)
     weights["confidence_head.proj.bias"].fill_(4.0)
     save_file(weights, str(directory / "model.safetensors"))
     return directory

@@ -68,6 +68,15 @@ class DSparkMetrics:
         self.schedule_seconds = Histogram(
             "sglang_dspark:schedule_seconds", "Prefix-scheduler time per step.", buckets=TIME_BUCKETS
         )
+        self.overhead_seconds = Histogram(
+            "sglang_dspark:overhead_seconds",
+            "Prefix scheduler plus the worker's bookkeeping per step (neither drafting nor the "
+            "target forward).",
+            buckets=TIME_BUCKETS,
+        )
+        self.step_seconds = Histogram(
+            "sglang_dspark:step_seconds", "Whole decode step of the worker.", buckets=TIME_BUCKETS
+        )
         self.calibration_error = Gauge(
             "sglang_dspark:confidence_calibration_error",
             "Running ECE of the confidence head's prefix-survival predictions.",
@@ -82,6 +91,8 @@ class DSparkMetrics:
         verify_lens: list[int],
         draft_seconds: float,
         schedule_seconds: float,
+        overhead_seconds: float,
+        step_seconds: float,
         survival: torch.Tensor | None,
         verify_lens_tensor: torch.Tensor,
         num_accepted: torch.Tensor,
@@ -91,6 +102,8 @@ class DSparkMetrics:
         self.verify_tokens.observe(sum(v + 1 for v in verify_lens))
         self.draft_seconds.observe(draft_seconds)
         self.schedule_seconds.observe(schedule_seconds)
+        self.overhead_seconds.observe(overhead_seconds)
+        self.step_seconds.observe(step_seconds)
         if survival is not None:
             self._ece.update(survival, verify_lens_tensor, num_accepted)
             self.calibration_error.set(self._ece.value)

@@ -2,10 +2,11 @@
 
 ``torch_native`` implements causal extend and decode only. A DSPARK verify
 batch is a linear chain per request (the anchor and its drafts), so verifying
-it is exactly a causal extend of ``draft_token_num`` tokens on top of each
-request's committed prefix: this hook supplies the extend lengths that a
-TARGET_VERIFY ForwardBatch does not carry, runs the extend, and restores the
-batch.
+it is exactly a causal extend on top of each request's committed prefix: of
+``draft_token_num`` tokens per request, or of ``ragged_verify_layout.verify_lens[b]``
+tokens when the batch is ragged (see ``verify_batch.py``). This hook supplies
+the extend lengths that a TARGET_VERIFY ForwardBatch does not carry, runs the
+extend, and restores the batch.
 """
 
 from __future__ import annotations
@@ -20,11 +21,16 @@ def forward_extend_with_verify(orig, self, q, k, v, layer, forward_batch, save_k
     if not forward_batch.forward_mode.is_target_verify():
         return orig(self, q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs)
     prefix = forward_batch.seq_lens
-    width = int(forward_batch.spec_info.draft_token_num)
+    spec_info = forward_batch.spec_info
+    layout = getattr(spec_info, "ragged_verify_layout", None)
+    if layout is not None:
+        counts = layout.verify_lens.to(device=prefix.device, dtype=prefix.dtype)
+    else:
+        counts = torch.full_like(prefix, int(spec_info.draft_token_num))
     saved = (forward_batch.seq_lens, forward_batch.extend_prefix_lens, forward_batch.extend_seq_lens)
     forward_batch.extend_prefix_lens = prefix
-    forward_batch.extend_seq_lens = torch.full_like(prefix, width)
-    forward_batch.seq_lens = prefix + width
+    forward_batch.extend_seq_lens = counts
+    forward_batch.seq_lens = prefix + counts
     try:
         return orig(self, q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs)
     finally:

@@ -38,12 +38,19 @@ from sglang.srt.speculative.draft_worker_common import make_draft_input_v2
 
 from sglang_dspark.algorithm.calibration import StsCalibration
 from sglang_dspark.algorithm.prefix_scheduler import schedule_prefixes
-from sglang_dspark.algorithm.sampling import SamplingParams, logits_to_probs
+from sglang_dspark.algorithm.sampling import SamplingParams, logits_to_probs, sample_from_probs
+from sglang_dspark.algorithm.seeded_noise import (
+    DRAFT_STREAM,
+    PREFILL_STREAM,
+    VERIFY_STREAM,
+    uniforms_for_batch,
+)
 from sglang_dspark.algorithm.sps_table import SpsTable, default_sps_table
 from sglang_dspark.algorithm.verify import verify_block
 from sglang_dspark.models.deepspec_drafter import DeepSpecDrafter, load_deepspec_drafter
 from sglang_dspark.models.paged_context import PagedDrafterContext
 from sglang_dspark.sglang.sps_files import load_sps_table
+from sglang_dspark.sglang.verify_batch import VerifyLayout, plan_verify_layout, ragged_supported
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +85,31 @@ def _target_shared_modules(model: nn.Module, vocab_size: int) -> tuple[nn.Module
     )
 
 
+@dataclass(frozen=True)
+class _StepTiming:
+    """Seconds spent in each phase of one decode step."""
+
+    draft: float
+    schedule: float
+    prepare: float
+    forward: float
+    finish: float
+
+    @property
+    def total(self) -> float:
+        return self.draft + self.schedule + self.prepare + self.forward + self.finish
+
+    @property
+    def overhead(self) -> float:
+        """Prefix scheduling plus bookkeeping: neither drafting nor the target forward.
+
+        ``finish`` includes verification (a few small ops over ``[B, width]``)
+        and writing the drafter context; it is counted as overhead so that the
+        figure is an upper bound.
+        """
+        return self.schedule + self.prepare + self.finish
+
+
 @dataclass
 class StepStats:
     """Running counters of the worker, exported in logs and internal state."""
@@ -85,10 +117,26 @@ class StepStats:
     verify_steps: int = 0
     committed_tokens: int = 0
     verified_tokens: int = 0
+    forward_rows: int = 0
+    padded_rows: int = 0
     draft_seconds: float = 0.0
     schedule_seconds: float = 0.0
     verify_seconds: float = 0.0
+    overhead_seconds: float = 0.0
+    step_seconds: float = 0.0
     accept_histogram: list[int] = field(default_factory=list)
+
+    def add_timing(self, timing: _StepTiming) -> None:
+        self.draft_seconds += timing.draft
+        self.schedule_seconds += timing.schedule
+        self.verify_seconds += timing.forward
+        self.overhead_seconds += timing.overhead
+        self.step_seconds += timing.total
+
+    def record_layout(self, layout: VerifyLayout) -> None:
+        """Rows the target forward ran vs. rows a batch-uniform verify would have run."""
+        self.forward_rows += layout.num_rows
+        self.padded_rows += len(layout.counts_cpu) * layout.width
 
     def record(self, accept_lens: list[int], verify_lens: list[int], width: int) -> None:
         if len(self.accept_histogram) < width + 1:
@@ -129,6 +177,7 @@ class DSparkWorker(BaseSpecWorker):
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(getattr(server_args, "random_seed", None) or 0))
         self.context: PagedDrafterContext | None = None
+        self._ragged_verify: bool | None = None
         self.stats = StepStats()
         self.metrics = None
         if getattr(server_args, "enable_metrics", False):
@@ -190,6 +239,26 @@ class DSparkWorker(BaseSpecWorker):
         logger.info(
             "DSPARK drafter context pool: %d slots, %.1f MB", num_slots, self.context.nbytes / 2**20
         )
+        self.context_bytes_per_slot = PagedDrafterContext.bytes_per_slot(
+            self.drafter, self.drafter.fc.weight.dtype
+        )
+        configurator = getattr(self.model_runner, "kv_cache_configurator", None)
+        self.accounted_bytes_per_slot = getattr(configurator, "dflash_draft_cell_size_per_token", None)
+        if self.accounted_bytes_per_slot != self.context_bytes_per_slot:
+            logger.warning(
+                "SGLang budgeted %s bytes per token for the drafter's KV, but its context pool "
+                "takes %d: --mem-fraction-static does not cover the difference.",
+                self.accounted_bytes_per_slot,
+                self.context_bytes_per_slot,
+            )
+
+    @property
+    def ragged_verify(self) -> bool:
+        """Verify batches are ragged (decided once the target's attention backend exists)."""
+        if self._ragged_verify is None:
+            self._ragged_verify = ragged_supported(self.model_runner.attn_backend)
+            logger.info("DSPARK verify batches are %s", "ragged" if self._ragged_verify else "padded")
+        return self._ragged_verify
 
     def init_attention_backends(self):
         pass
@@ -217,7 +286,14 @@ class DSparkWorker(BaseSpecWorker):
             "dspark_draft_seconds": s.draft_seconds,
             "dspark_schedule_seconds": s.schedule_seconds,
             "dspark_verify_seconds": s.verify_seconds,
+            "dspark_verified_tokens": s.verified_tokens,
+            "dspark_forward_rows": s.forward_rows,
+            "dspark_padded_rows": s.padded_rows,
+            "dspark_overhead_seconds": s.overhead_seconds,
+            "dspark_step_seconds": s.step_seconds,
             "kv_available_tokens": self._available_kv_tokens(),
+            "dspark_context_bytes_per_slot": getattr(self, "context_bytes_per_slot", None),
+            "dspark_accounted_bytes_per_slot": getattr(self, "accounted_bytes_per_slot", None),
         }
 
     def _available_kv_tokens(self) -> int | None:
@@ -272,11 +348,35 @@ class DSparkWorker(BaseSpecWorker):
         with torch.inference_mode():
             self.context.write(self.drafter, hidden, batch.out_cache_loc, positions)
         out.logits_output.hidden_states = None
+        self._reseed_prefill_tokens(batch, out)
         out.new_seq_lens = batch.seq_lens
         out.next_draft_input = make_draft_input_v2(
             bonus_tokens=out.next_token_ids, new_seq_lens=batch.seq_lens
         )
         return out
+
+    def _reseed_prefill_tokens(self, batch, out) -> None:
+        """Resample the prefill's token of requests with a ``sampling_seed`` from their seed.
+
+        SGLang's sampler honours per-request seeds only under
+        ``--enable-deterministic-inference``; every later token of a DSPARK
+        request comes from seeded noise, so the first one must too for a seed
+        to fix the whole output. The distribution is the target's either way.
+        """
+        sampling_info = batch.sampling_info
+        if batch.return_logprob or sampling_info.is_all_greedy:
+            return
+        seeds = self._request_seeds(batch)
+        logits = out.logits_output.next_token_logits
+        if seeds is None or logits is None or logits.shape[0] != len(seeds):
+            return
+        sampling = self._sampling_params(sampling_info)
+        with torch.inference_mode():
+            probs = logits_to_probs(logits.float(), sampling.temperature, sampling.top_p, sampling.top_k)
+            noise = uniforms_for_batch(seeds, batch.seq_lens.long(), PREFILL_STREAM, 1, self.generator)
+            resampled = sample_from_probs(probs, uniforms=noise[:, 0])
+        seeded = torch.tensor([s is not None for s in seeds], device=resampled.device)
+        out.next_token_ids = torch.where(seeded, resampled.to(out.next_token_ids), out.next_token_ids)
 
     def _sampling_params(self, sampling_info) -> SamplingParams:
         temperature = sampling_info.temperatures.view(-1).float()
@@ -290,6 +390,12 @@ class DSparkWorker(BaseSpecWorker):
             top_k=top_k.to(self.device),
         )
 
+    def _request_seeds(self, batch) -> list[int | None] | None:
+        """Per-request ``sampling_seed`` values, or ``None`` when no request has one."""
+        reqs = getattr(batch, "reqs", None) or []
+        seeds = [getattr(r.sampling_params, "sampling_seed", None) for r in reqs]
+        return seeds if any(s is not None for s in seeds) else None
+
     def _decode(self, batch) -> GenerationBatchResult:
         bs = batch.batch_size()
         anchors = batch.spec_info.bonus_tokens.view(-1).long()
@@ -299,6 +405,7 @@ class DSparkWorker(BaseSpecWorker):
         sampling_info = batch.sampling_info
         sampling = self._sampling_params(sampling_info)
         greedy = bool(sampling_info.is_all_greedy)
+        seeds = None if greedy else self._request_seeds(batch)
 
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -309,6 +416,9 @@ class DSparkWorker(BaseSpecWorker):
                 sampling,
                 sts_temperatures=self.sts_temperatures,
                 generator=self.generator,
+                uniforms=None
+                if seeds is None
+                else uniforms_for_batch(seeds, prefix, DRAFT_STREAM, self.block_size, self.generator),
             )
         t1 = time.perf_counter()
         if block.confidence is None:
@@ -316,30 +426,36 @@ class DSparkWorker(BaseSpecWorker):
         else:
             verify_lens = schedule_prefixes(block.confidence, self.sps_table)
         verify_lens_cpu = verify_lens.tolist()
-        width = max(verify_lens_cpu) + 1
+        layout = plan_verify_layout(verify_lens_cpu, self.device, ragged=self.ragged_verify)
+        width = layout.width
         t2 = time.perf_counter()
 
         drafts = block.tokens[:, : width - 1]
         verify_ids = torch.cat([anchors[:, None], drafts], dim=1)
         positions = prefix[:, None] + torch.arange(width, device=self.device)[None, :]
-        out_cache_loc = slot_table[rows[:, None], positions].reshape(-1).long()
+        cache_loc = slot_table[rows[:, None], positions].long()
         verify_input = DFlashVerifyInput(
-            draft_token=verify_ids.reshape(-1),
-            positions=positions.reshape(-1),
+            draft_token=layout.select(verify_ids),
+            positions=layout.select(positions),
             draft_token_num=width,
             custom_mask=None,
             capture_hidden_mode=CaptureHiddenMode.FULL,
+            ragged_verify_layout=layout.sglang_layout(),
         )
-        batch.out_cache_loc = out_cache_loc
+        batch.out_cache_loc = layout.select(cache_loc)
         forward_batch, can_run_graph = verify_input.prepare_for_verify(batch, self.target_worker)
+        t3 = time.perf_counter()
         logits_output = self.target_worker.forward_batch_generation(
             batch=None, forward_batch=forward_batch, is_verify=True
         ).logits_output
-        logits = logits_output.next_token_logits
+        t4 = time.perf_counter()
+        logits = layout.to_padded(logits_output.next_token_logits)
+        logits_output.next_token_logits = logits.view(bs * width, -1)
         apply_dflash_verify_logits_adjustments(
-            next_token_logits=logits, sampling_info=sampling_info, draft_token_num=width
+            next_token_logits=logits_output.next_token_logits,
+            sampling_info=sampling_info,
+            draft_token_num=width,
         )
-        logits = logits.view(bs, width, -1)
 
         with torch.inference_mode():
             if greedy:
@@ -354,15 +470,15 @@ class DSparkWorker(BaseSpecWorker):
                     target_probs,
                     generator=self.generator,
                     verify_lens=verify_lens,
+                    uniforms=None
+                    if seeds is None
+                    else uniforms_for_batch(seeds, prefix, VERIFY_STREAM, width, self.generator),
                 )
             accepted = result.num_accepted
             keep = torch.arange(width, device=self.device)[None, :] <= accepted[:, None]
-            hidden = logits_output.hidden_states.view(bs, width, -1)
-            self.context.write(
-                self.drafter, hidden[keep], out_cache_loc.view(bs, width)[keep], positions[keep]
-            )
+            hidden = layout.to_padded(logits_output.hidden_states)
+            self.context.write(self.drafter, hidden[keep], cache_loc[keep], positions[keep])
         logits_output.hidden_states = None
-        t3 = time.perf_counter()
 
         tokens = result.tokens.clamp_min(0)
         new_bonus = tokens.gather(1, accepted[:, None]).view(-1)
@@ -370,18 +486,23 @@ class DSparkWorker(BaseSpecWorker):
         new_seq_lens = prefix + accepted + 1
         if batch.return_logprob:
             compute_spec_logprobs(batch, logits_output, tokens.reshape(-1), chain_stride=width)
-
-        self.stats.draft_seconds += t1 - t0
-        self.stats.schedule_seconds += t2 - t1
-        self.stats.verify_seconds += t3 - t2
         accept_lens_cpu = accept_lens.tolist()
+        t5 = time.perf_counter()
+
+        timing = _StepTiming(
+            draft=t1 - t0, schedule=t2 - t1, prepare=t3 - t2, forward=t4 - t3, finish=t5 - t4
+        )
+        self.stats.add_timing(timing)
+        self.stats.record_layout(layout)
         self.stats.record(accept_lens_cpu, verify_lens_cpu, self.block_size + 1)
         if self.metrics is not None:
             self.metrics.observe_step(
                 accept_lens=accept_lens_cpu,
                 verify_lens=verify_lens_cpu,
-                draft_seconds=t1 - t0,
-                schedule_seconds=t2 - t1,
+                draft_seconds=timing.draft,
+                schedule_seconds=timing.schedule,
+                overhead_seconds=timing.overhead,
+                step_seconds=timing.total,
                 survival=None if block.confidence is None else block.survival(),
                 verify_lens_tensor=verify_lens,
                 num_accepted=accepted,

@@ -21,7 +21,9 @@ def tiny_target(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def copy_drafter(tmp_path_factory, tiny_target) -> Path:
-    return write_copy_drafter(tmp_path_factory.mktemp("copy-drafter"), copy_drafter_config(tiny_target))
+    return write_copy_drafter(
+        tmp_path_factory.mktemp("copy-drafter"), copy_drafter_config(tiny_target), confidence_spread=2.0
+    )
 
 
 @pytest.fixture(scope="session")

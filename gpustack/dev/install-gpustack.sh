@@ -9,7 +9,9 @@ cd "$(dirname "$0")/../.."
 
 GPUSTACK_VERSION="2.3.0"
 VENV="${1:-.cache/gpustack-venv}"
-STAMP="$VENV/.gpustack-${GPUSTACK_VERSION}-installed"
+CONSTRAINTS="gpustack/dev/gpustack-constraints.txt"
+# The stamp names the constraints' hash: a changed pin reinstalls.
+STAMP="$VENV/.gpustack-${GPUSTACK_VERSION}-$(sha256sum "$CONSTRAINTS" | cut -c1-12)-installed"
 PYTHON="${GPUSTACK_PYTHON:-python3}"
 
 if ! command -v /usr/lib/postgresql/15/bin/initdb >/dev/null 2>&1; then
@@ -26,6 +28,6 @@ if [ ! -f "$STAMP" ]; then
     echo "install-gpustack: installing gpustack==${GPUSTACK_VERSION} into $VENV (once)" >&2
     rm -rf "$VENV"
     "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "gpustack==${GPUSTACK_VERSION}"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c "$CONSTRAINTS" "gpustack==${GPUSTACK_VERSION}"
     touch "$STAMP"
 fi

@@ -1,4 +1,4 @@
-"""Session fixtures: a real PostgreSQL and a real GPUStack 2.3.0 server against it."""
+"""Fixtures: a real PostgreSQL and a real GPUStack 2.3.0 server against it."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ class LiveGPUStack:
     password: str
 
 
-@pytest.fixture(scope="session")
+# Module scope: one server for test_gpustack_live.py, stopped before other modules run.
+@pytest.fixture(scope="module")
 def gpustack_live(tmp_path_factory) -> LiveGPUStack:
     install_s = install()
     root = tmp_path_factory.mktemp("gpustack-live")

@@ -8,13 +8,17 @@ then a model is deployed with the registered version.
 from __future__ import annotations
 
 import copy
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from sglang_dspark.gpustack.backend_file import load_backend_file
 from sglang_dspark.gpustack.register import backend_path
 from tests.gpustack.conftest import LiveGPUStack, run_cli
-from tests.gpustack.services import free_port
+from tests.gpustack.services import GPUSTACK_VENV, REPO, free_port
+
+INSTALL_CHROMIUM = REPO / "gpustack" / "dev" / "install-chromium.sh"
 
 pytestmark = pytest.mark.slow
 
@@ -178,3 +182,27 @@ def test_deploy_needs_the_registered_version(gpustack_live, seeded):
                    "--name", "other-model", "--wait", "0")
     assert proc.returncode == 1
     assert "run `sglang-dspark gpustack register` first" in proc.stderr
+
+
+UI_SHOT = REPO / "out" / "gpustack" / "ui-backends-dspark-custom.png"
+
+
+def test_web_ui_lists_the_version(gpustack_live, seeded):
+    """Headless Chromium (Debian's package), logged in as admin, opens Inference Backends > SGLang.
+
+    The screenshot stays in out/gpustack/ as the test's artefact.
+    """
+    subprocess.run(["bash", str(INSTALL_CHROMIUM)], check=True)
+    proc = subprocess.run(
+        [str(GPUSTACK_VENV / "bin" / "python"), str(Path(__file__).with_name("ui_screenshot.py")),
+         gpustack_live.server.url, str(gpustack_live.password_file), "Inference Backends>SGLang", "dspark-custom",
+         str(UI_SHOT)],
+        capture_output=True, text=True, timeout=400,
+    )
+    assert UI_SHOT.is_file() and UI_SHOT.stat().st_size > 10_000, proc.stderr[-2000:]
+    assert proc.returncode == 0, f"page text:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
+    # The version list GPUStack shows for SGLang: our entry with its image, entrypoint, command.
+    shown = proc.stdout[proc.stdout.index("dspark-custom"):]
+    assert load_backend_file().version.image_name in shown
+    assert "sglang serve" in shown
+    assert "--model-path {{model_path}} --host {{worker_ip}} --port {{port}}" in shown

@@ -17,6 +17,8 @@ import http.cookies
 import itertools
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +30,9 @@ from pathlib import Path
 
 from websockets.sync.client import connect
 
-CHROMIUM = "/usr/bin/chromium-headless-shell"
+# The binary itself: /usr/bin/chromium-headless-shell is a shell wrapper whose
+# child would outlive a terminate() of the wrapper.
+CHROMIUM = "/usr/lib/chromium/chromium-headless-shell"
 
 
 def _session_cookie(server: str, password: str) -> str:
@@ -90,7 +94,7 @@ def main(server: str, password_file: str, clicks: str, expect: str, out_png: str
     browser = subprocess.Popen(
         [CHROMIUM, f"--remote-debugging-port={port}", f"--user-data-dir={profile}", "--no-sandbox",
          "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1600,1000", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 60
@@ -135,11 +139,13 @@ def main(server: str, password_file: str, clicks: str, expect: str, out_png: str
         print(text)
         return 0 if found else 1
     finally:
-        browser.terminate()
+        # The browser and its zygote/renderer children form one process group.
+        os.killpg(browser.pid, signal.SIGTERM)
         try:
             browser.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            browser.kill()
+            os.killpg(browser.pid, signal.SIGKILL)
+        shutil.rmtree(profile, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Acceptance measurements: held-out greedy drafts and offline speculative decoding.
 
-Two measurements, both under greedy decoding:
+Two measurements (greedy; the second can also sample):
 
 * :func:`heldout_greedy_drafts` drafts blocks on held-out distilled sequences
   exactly as serving does (backbone once, then the Markov head fed with its
@@ -28,7 +28,12 @@ from typing import Any, Sequence
 import torch
 
 from sglang_dspark.algorithm.block_drafting import draft_block
-from sglang_dspark.algorithm.sampling import SamplingParams
+from sglang_dspark.algorithm.sampling import (
+    GREEDY_TEMPERATURE,
+    SamplingParams,
+    logits_to_probs,
+    sample_from_probs,
+)
 from sglang_dspark.algorithm.verify import verify_block
 from sglang_dspark.models.deepspec_drafter import DeepSpecDrafter
 from sglang_dspark.train.blocks import build_blocks, drafter_block_forward, sample_anchors
@@ -250,8 +255,10 @@ def evaluate_acceptance(
     max_new_tokens: int = 128,
     chat_template: bool = True,
     max_prompt_tokens: int | None = None,
+    temperature: float = 0.0,
+    seed: int = 0,
 ) -> AcceptanceReport:
-    """Greedy speculative decoding of ``prompts``; acceptance statistics.
+    """Speculative decoding of ``prompts`` (greedy by default); acceptance statistics.
 
     Each prompt is prefilled by the target (its first token is the target's
     greedy token, not drafted); then every step drafts a block from the last
@@ -260,7 +267,9 @@ def evaluate_acceptance(
     plus one target token, the target KV cache is cropped to the committed
     length and the drafter's context cache is extended with the target
     features of the committed rows. The output is token-identical to plain
-    greedy decoding (up to floating-point ties).
+    greedy decoding (up to floating-point ties). With ``temperature > 0`` the
+    drafts are sampled and verified by rejection sampling (lossless in
+    distribution), all noise from one generator seeded with ``seed``.
 
     Args:
         target: HF causal LM (eval mode).
@@ -270,6 +279,8 @@ def evaluate_acceptance(
         max_new_tokens: generation budget per prompt.
         chat_template: wrap string prompts in the chat template.
         max_prompt_tokens: skip prompts longer than this.
+        temperature: sampling temperature of target and drafter (0 = greedy).
+        seed: seed of the sampling noise (unused when greedy).
     """
     from transformers import DynamicCache
 
@@ -278,7 +289,13 @@ def evaluate_acceptance(
     layer_ids = list(cfg.target_layer_ids)
     device = next(target.parameters()).device
     eos_ids = _eos_set(target, tokenizer)
-    greedy = SamplingParams.create(0.0, batch_size=1, device=device)
+    sampling = SamplingParams.create(temperature, batch_size=1, device=device)
+    sample = temperature > GREEDY_TEMPERATURE
+    gen = torch.Generator(device=device).manual_seed(int(seed)) if sample else None
+
+    def target_probs(logits: torch.Tensor) -> torch.Tensor:
+        return logits_to_probs(logits, sampling.temperature, sampling.top_p, sampling.top_k)
+
     reached = [0] * K
     accepted = [0] * K
     steps = committed_total = tokens_total = 0
@@ -297,17 +314,25 @@ def evaluate_acceptance(
         )
         dcache = drafter.new_cache(1, capacity=len(ids) + max_new_tokens + K + 2, device=device)
         drafter.extend_context(dcache, pre.context_hidden)
-        first = int(pre.logits[0, -1].argmax())
+        if sample:
+            first = int(sample_from_probs(target_probs(pre.logits[:, -1]), generator=gen)[0])
+        else:
+            first = int(pre.logits[0, -1].argmax())
         generated = [first]
         length = len(ids)  # tokens in the target KV cache
         while len(generated) < max_new_tokens and generated[-1] not in eos_ids:
             anchor = torch.tensor([generated[-1]], device=device)
-            block = drafter.draft(anchor, dcache, greedy)
+            block = drafter.draft(anchor, dcache, sampling, generator=gen)
             verify_in = torch.cat([anchor[:, None], block.tokens], dim=1)
             ver = target_forward(
                 target, verify_in, layer_ids, past_key_values=cache, use_cache=True
             )
-            result = verify_block(block.tokens, None, ver.logits, greedy=True)
+            if sample:
+                result = verify_block(
+                    block.tokens, block.probs, target_probs(ver.logits), generator=gen
+                )
+            else:
+                result = verify_block(block.tokens, None, ver.logits, greedy=True)
             n = int(result.num_accepted[0])
             new = [int(t) for t in result.tokens[0, : n + 1]]
             for k in range(min(n + 1, K)):

@@ -29,6 +29,17 @@ test: install
 demo: install
 	$(PY) -m sglang_dspark.demo run
 
+# Reproduces sglang_dspark/drafters/smollm2-135m/ (hours on a 2-core CPU; rerun to resume).
+DRAFTER_RUN ?= .cache/drafter-run
+SMOLLM2_DIR := $(or $(SGLANG_DSPARK_CACHE),$(HOME)/.cache/sglang-dspark)/models/SmolLM2-135M-Instruct
+drafter: install
+	$(PY) -m sglang_dspark.demo prepare
+	$(PY) -m sglang_dspark.train --target $(SMOLLM2_DIR) --recipe recipes/smollm2-135m-drafter.json \
+		--out $(DRAFTER_RUN) --seed 0 --resume
+	$(PY) -m sglang_dspark.train.ship --run $(DRAFTER_RUN) --target $(SMOLLM2_DIR) \
+		--dest sglang_dspark/drafters/smollm2-135m \
+		--eval tests/data/eval_chat.jsonl --eval tests/data/eval_code.jsonl
+
 clean-venv:
 	rm -rf $(VENV)
 

@@ -50,7 +50,7 @@ class DSparkMetrics:
     """Histograms of accepted length, verified tokens, draft and schedule time; ECE gauge."""
 
     def __init__(self) -> None:
-        from prometheus_client import Gauge, Histogram
+        from prometheus_client import Counter, Gauge, Histogram
 
         self.accept_length = Histogram(
             "sglang_dspark:accept_length",
@@ -81,6 +81,10 @@ class DSparkMetrics:
             "sglang_dspark:confidence_calibration_error",
             "Running ECE of the confidence head's prefix-survival predictions.",
             multiprocess_mode="mostrecent",
+        )
+        self.fallback_steps = Counter(
+            "sglang_dspark:fallback_steps",
+            "Decode steps that ran without speculation because the drafter failed.",
         )
         self._ece = RunningCalibrationError()
 

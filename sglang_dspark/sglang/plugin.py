@@ -70,9 +70,11 @@ def load() -> None:
     """Register sglang-dspark's hooks (called by SGLang's ``load_plugins``)."""
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
+    from sglang_dspark.sglang import request_guards
     from sglang_dspark.sglang.mxfp4_moe_runner import register_hooks as register_mxfp4_runner
 
     register_mxfp4_runner()  # --moe-runner-backend flashinfer_mxfp4, independent of DSPARK
+    HookRegistry.register(request_guards.TARGET, request_guards.check_prompt_tokens, HookType.AROUND)
     impl = selected_impl()
     if impl == BUILTIN:
         HookRegistry.register(_HANDLE_DSPARK, _handle_dspark_builtin, HookType.AFTER)

@@ -20,6 +20,7 @@ never calls the allocator.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -36,6 +37,8 @@ from sglang.srt.speculative.dflash_info import DFlashVerifyInput
 from sglang.srt.speculative.dflash_utils import apply_dflash_verify_logits_adjustments
 from sglang.srt.speculative.draft_worker_common import make_draft_input_v2
 
+from sglang_dspark.algorithm.acceptance_guard import AcceptanceGuard
+from sglang_dspark.algorithm.block_drafting import DraftBlock
 from sglang_dspark.algorithm.calibration import StsCalibration
 from sglang_dspark.algorithm.prefix_scheduler import schedule_prefixes
 from sglang_dspark.algorithm.sampling import SamplingParams, logits_to_probs, sample_from_probs
@@ -49,10 +52,14 @@ from sglang_dspark.algorithm.sps_table import SpsTable, default_sps_table
 from sglang_dspark.algorithm.verify import verify_block
 from sglang_dspark.models.deepspec_drafter import DeepSpecDrafter, load_deepspec_drafter
 from sglang_dspark.models.paged_context import PagedDrafterContext
+from sglang_dspark.sglang.fault_injection import DraftFaultInjector
 from sglang_dspark.sglang.sps_files import load_sps_table
 from sglang_dspark.sglang.verify_batch import VerifyLayout, plan_verify_layout, ragged_supported
 
 logger = logging.getLogger(__name__)
+
+#: Stop speculating for the rest of the server's life when acceptance collapses.
+STOP_ON_COLLAPSE_ENV = "SGLANG_DSPARK_STOP_ON_COLLAPSE"
 
 
 class _SharedWeight(nn.Module):
@@ -117,6 +124,7 @@ class StepStats:
     verify_steps: int = 0
     committed_tokens: int = 0
     verified_tokens: int = 0
+    fallback_steps: int = 0
     forward_rows: int = 0
     padded_rows: int = 0
     draft_seconds: float = 0.0
@@ -178,6 +186,11 @@ class DSparkWorker(BaseSpecWorker):
         self.generator.manual_seed(int(getattr(server_args, "random_seed", None) or 0))
         self.context: PagedDrafterContext | None = None
         self._ragged_verify: bool | None = None
+        self.speculating = True
+        self.fault_injector = DraftFaultInjector.from_env()
+        self.acceptance_guard = AcceptanceGuard()
+        self.stop_on_collapse = os.environ.get(STOP_ON_COLLAPSE_ENV, "0").lower() in ("1", "true", "yes")
+        self._collapse_reported = False
         self.stats = StepStats()
         self.metrics = None
         if getattr(server_args, "enable_metrics", False):
@@ -287,6 +300,9 @@ class DSparkWorker(BaseSpecWorker):
             "dspark_schedule_seconds": s.schedule_seconds,
             "dspark_verify_seconds": s.verify_seconds,
             "dspark_verified_tokens": s.verified_tokens,
+            "dspark_fallback_steps": s.fallback_steps,
+            "dspark_speculating": self.speculating,
+            "dspark_acceptance_rate": self.acceptance_guard.rate,
             "dspark_forward_rows": s.forward_rows,
             "dspark_padded_rows": s.padded_rows,
             "dspark_overhead_seconds": s.overhead_seconds,
@@ -346,7 +362,7 @@ class DSparkWorker(BaseSpecWorker):
             ]
         ).to(self.device)
         with torch.inference_mode():
-            self.context.write(self.drafter, hidden, batch.out_cache_loc, positions)
+            self._write_context(hidden, batch.out_cache_loc, positions)
         out.logits_output.hidden_states = None
         self._reseed_prefill_tokens(batch, out)
         out.new_seq_lens = batch.seq_lens
@@ -396,6 +412,77 @@ class DSparkWorker(BaseSpecWorker):
         seeds = [getattr(r.sampling_params, "sampling_seed", None) for r in reqs]
         return seeds if any(s is not None for s in seeds) else None
 
+    def _draft(self, batch, anchors, prefix, rows, sampling, seeds) -> DraftBlock | None:
+        """Draft a block, or ``None``: speculation is off, or the drafter failed.
+
+        A drafter failure must not fail the batch: the step then verifies no
+        drafts, which is plain decoding through the same verify forward.
+        """
+        if not self.speculating:
+            return None
+        try:
+            self.fault_injector.maybe_raise()
+            with torch.inference_mode():
+                cache = self.context.gather(batch.req_to_token_pool.req_to_token, rows, prefix)
+                return self.drafter.draft(
+                    anchors,
+                    cache,
+                    sampling,
+                    sts_temperatures=self.sts_temperatures,
+                    generator=self.generator,
+                    uniforms=None
+                    if seeds is None
+                    else uniforms_for_batch(seeds, prefix, DRAFT_STREAM, self.block_size, self.generator),
+                )
+        except Exception as e:  # noqa: BLE001 - any drafter failure falls back to plain decoding
+            self._record_fallback("draft", e)
+            return None
+
+    def _write_context(self, hidden: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor) -> None:
+        """Store committed tokens' drafter context; a failure only costs later acceptance."""
+        if not self.speculating:
+            return
+        try:
+            self.context.write(self.drafter, hidden, slots, positions)
+        except Exception as e:  # noqa: BLE001
+            self._record_fallback("context write", e)
+
+    def _record_fallback(self, stage: str, error: Exception) -> None:
+        self.stats.fallback_steps += 1
+        if self.metrics is not None:
+            self.metrics.fallback_steps.inc()
+        # Log the first failures in full, then every 100th, so a broken drafter cannot flood the log.
+        if self.stats.fallback_steps <= 3 or self.stats.fallback_steps % 100 == 0:
+            logger.error(
+                "DSPARK %s failed (%s: %s); this batch decodes without speculation "
+                "(%d fallback steps so far)",
+                stage,
+                type(error).__name__,
+                error,
+                self.stats.fallback_steps,
+            )
+
+    def _watch_acceptance(self, *, accepted_drafts: int, verified: int) -> None:
+        guard = self.acceptance_guard
+        guard.update(accepted_drafts, verified)
+        if not guard.collapsed or self._collapse_reported:
+            return
+        self._collapse_reported = True
+        logger.warning(
+            "DSPARK acceptance collapsed: %.1f%% of the last ~%d verified drafts were accepted. "
+            "The drafter most likely does not belong to this target (another model or revision, "
+            "wrong target_layer_ids) or its checkpoint is damaged. %s",
+            100 * guard.rate,
+            guard.verified_drafts,
+            "Speculation is now off for this server ("
+            + STOP_ON_COLLAPSE_ENV
+            + "=1)."
+            if self.stop_on_collapse
+            else "Set " + STOP_ON_COLLAPSE_ENV + "=1 to stop speculating when this happens.",
+        )
+        if self.stop_on_collapse:
+            self.speculating = False
+
     def _decode(self, batch) -> GenerationBatchResult:
         bs = batch.batch_size()
         anchors = batch.spec_info.bonus_tokens.view(-1).long()
@@ -408,29 +495,21 @@ class DSparkWorker(BaseSpecWorker):
         seeds = None if greedy else self._request_seeds(batch)
 
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            cache = self.context.gather(slot_table, rows, prefix)
-            block = self.drafter.draft(
-                anchors,
-                cache,
-                sampling,
-                sts_temperatures=self.sts_temperatures,
-                generator=self.generator,
-                uniforms=None
-                if seeds is None
-                else uniforms_for_batch(seeds, prefix, DRAFT_STREAM, self.block_size, self.generator),
-            )
+        block = self._draft(batch, anchors, prefix, rows, sampling, seeds)
         t1 = time.perf_counter()
-        if block.confidence is None:
+        if block is None:
+            verify_lens = torch.zeros((bs,), dtype=torch.long, device=self.device)
+        elif block.confidence is None:
             verify_lens = torch.full((bs,), self.block_size, dtype=torch.long, device=self.device)
         else:
             verify_lens = schedule_prefixes(block.confidence, self.sps_table)
         verify_lens_cpu = verify_lens.tolist()
         layout = plan_verify_layout(verify_lens_cpu, self.device, ragged=self.ragged_verify)
         width = layout.width
+        draft_tokens = anchors.new_zeros((bs, 0)) if block is None else block.tokens
         t2 = time.perf_counter()
 
-        drafts = block.tokens[:, : width - 1]
+        drafts = draft_tokens[:, : width - 1]
         verify_ids = torch.cat([anchors[:, None], drafts], dim=1)
         positions = prefix[:, None] + torch.arange(width, device=self.device)[None, :]
         cache_loc = slot_table[rows[:, None], positions].long()
@@ -464,9 +543,12 @@ class DSparkWorker(BaseSpecWorker):
                 target_probs = logits_to_probs(
                     logits.float(), sampling.temperature, sampling.top_p, sampling.top_k
                 )
+                draft_probs = (
+                    target_probs[:, :0] if block is None else block.probs[:, : width - 1]
+                )
                 result = verify_block(
                     drafts,
-                    block.probs[:, : width - 1],
+                    draft_probs,
                     target_probs,
                     generator=self.generator,
                     verify_lens=verify_lens,
@@ -477,7 +559,7 @@ class DSparkWorker(BaseSpecWorker):
             accepted = result.num_accepted
             keep = torch.arange(width, device=self.device)[None, :] <= accepted[:, None]
             hidden = layout.to_padded(logits_output.hidden_states)
-            self.context.write(self.drafter, hidden[keep], cache_loc[keep], positions[keep])
+            self._write_context(hidden[keep], cache_loc[keep], positions[keep])
         logits_output.hidden_states = None
 
         tokens = result.tokens.clamp_min(0)
@@ -495,6 +577,8 @@ class DSparkWorker(BaseSpecWorker):
         self.stats.add_timing(timing)
         self.stats.record_layout(layout)
         self.stats.record(accept_lens_cpu, verify_lens_cpu, self.block_size + 1)
+        if block is not None:
+            self._watch_acceptance(accepted_drafts=sum(accept_lens_cpu) - bs, verified=sum(verify_lens_cpu))
         if self.metrics is not None:
             self.metrics.observe_step(
                 accept_lens=accept_lens_cpu,
@@ -503,7 +587,7 @@ class DSparkWorker(BaseSpecWorker):
                 schedule_seconds=timing.schedule,
                 overhead_seconds=timing.overhead,
                 step_seconds=timing.total,
-                survival=None if block.confidence is None else block.survival(),
+                survival=None if block is None or block.confidence is None else block.survival(),
                 verify_lens_tensor=verify_lens,
                 num_accepted=accepted,
             )

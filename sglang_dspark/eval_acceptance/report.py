@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import math
-import os
 from pathlib import Path
-from typing import Any
 
 from sglang_dspark.eval_acceptance.summary import AcceptanceSummary
+from sglang_dspark.strict_json import write_json_atomic
 
 __all__ = ["format_table", "plot_per_position", "write_json"]
 
@@ -42,25 +39,11 @@ def format_table(summary: AcceptanceSummary, *, title: str = "") -> str:
     return "\n".join(lines)
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def write_json(summary: AcceptanceSummary, path: str | Path) -> Path:
     """Write ``summary.to_dict()`` (strict JSON, NaN as null) atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(_json_safe(summary.to_dict()), indent=2, allow_nan=False) + "\n",
-                   encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, summary.to_dict())
 
 
 def plot_per_position(summary: AcceptanceSummary, path: str | Path, *, title: str = "") -> Path | None:

@@ -42,7 +42,6 @@ the drafter directory is written.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -59,6 +58,7 @@ import torch
 from sglang_dspark.algorithm.calibration import StsCalibration, fit_sts
 from sglang_dspark.algorithm.config import DSparkConfig
 from sglang_dspark.models.deepspec_drafter import DeepSpecDrafter
+from sglang_dspark.strict_json import write_json_atomic
 from sglang_dspark.train.blocks import build_blocks, sample_anchors, teacher_forced_outputs
 from sglang_dspark.train.corpus import build_corpus, corpus_summary, load_prompt_file
 from sglang_dspark.train.distill import DistilledData, distill, target_fingerprint
@@ -116,22 +116,8 @@ def _stream_seed(*parts: int) -> int:
     return value
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN/inf -> None (strict JSON), recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _atomic_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(_json_safe(payload), indent=2, allow_nan=False) + "\n",
-                   encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, payload)
 
 
 def _default_exclusions() -> list[str]:

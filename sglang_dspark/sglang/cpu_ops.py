@@ -18,6 +18,10 @@ only) does not register them:
   registry drops those modules and every module importing them ("Ignore import
   error when loading sglang.srt.models.qwen3_5: ... fused_sigmoid_mul_cpu").
 
+* ``init_cpu_threads_env``, ``initialize``, ``shm_allreduce``,
+  ``shm_allgather``: the CPU tensor-parallel collectives SGLang calls on arm64
+  (and with AMX), over gloo: see :mod:`.cpu_collectives`.
+
 Each op has the schema of the real CPU build of sgl-kernel (upstream
 ``python/sglang/kernels/aot/csrc/cpu/``: ``torch_extension_cpu.cpp`` and, for
 ``murmur_hash32_cpu``, its own source file) and the semantics of the kernel
@@ -50,6 +54,8 @@ import threading
 from typing import Callable
 
 import torch
+
+from sglang_dspark.sglang.cpu_collectives import COLLECTIVE_OP_SCHEMAS
 
 __all__ = ["CPU_OP_SCHEMAS", "install_cpu_fallbacks", "register_cpu_ops"]
 
@@ -225,6 +231,8 @@ CPU_OP_SCHEMAS: dict[str, tuple[str, Callable, Callable | None]] = {
     ),
 }
 
+CPU_OP_SCHEMAS.update(COLLECTIVE_OP_SCHEMAS)
+
 _LOCK = threading.Lock()
 _LIBRARY: torch.library.Library | None = None  # must stay alive: dropping it unregisters the ops
 
@@ -252,7 +260,8 @@ def register_cpu_ops() -> list[str]:
             if _LIBRARY is None:
                 _LIBRARY = torch.library.Library(_NAMESPACE, "FRAGMENT")
             _LIBRARY.define(schema)
-            _LIBRARY.impl(name, impl, "CPU")
+            # Ops without tensor arguments dispatch on no device key.
+            _LIBRARY.impl(name, impl, "CPU" if "Tensor" in schema else "CompositeExplicitAutograd")
             if fake is not None:
                 torch.library.register_fake(f"{_NAMESPACE}::{name}", fake, lib=_LIBRARY)
             registered.append(name)

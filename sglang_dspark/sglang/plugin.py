@@ -9,7 +9,9 @@ DSPARK`` is served by this project:
   weight is read, CPU allowed);
 - ``TorchNativeAttnBackend.forward_extend``: TARGET_VERIFY on the CPU path;
 - ``Mxfp4Config``/``Fp8Config.get_quant_method``: MXFP4 experts under
-  ``--moe-runner-backend flashinfer_mxfp4`` (see :mod:`.mxfp4_moe_runner`).
+  ``--moe-runner-backend flashinfer_mxfp4`` (see :mod:`.mxfp4_moe_runner`);
+- ``ServerArgs.check_server_args``: ``--tp-size`` / ``--ep-size`` against the
+  model's heads and experts (see :mod:`.parallel_args`).
 
 ``SGLANG_DSPARK_IMPL=builtin`` leaves the name to SGLang's built-in DSPARK.
 """
@@ -27,6 +29,7 @@ BUILTIN = "builtin"
 
 _CREATE_WORKER = "sglang.srt.speculative.spec_info.SpeculativeAlgorithm.create_worker"
 _HANDLE_DSPARK = "sglang.srt.arg_groups.speculative_hook._handle_dspark"
+_CHECK_SERVER_ARGS = "sglang.srt.server_args.ServerArgs.check_server_args"
 
 
 def selected_impl() -> str:
@@ -62,6 +65,13 @@ def _handle_dspark_builtin(result, server_args):
     return result
 
 
+def _check_parallel_sizes(result, server_args):
+    from sglang_dspark.sglang.parallel_args import check_server_parallel_args
+
+    check_server_parallel_args(server_args)
+    return result
+
+
 def _on_cpu() -> bool:
     return os.environ.get("SGLANG_USE_CPU_ENGINE", "0").lower() in ("1", "true", "yes")
 
@@ -75,6 +85,7 @@ def load() -> None:
 
     register_mxfp4_runner()  # --moe-runner-backend flashinfer_mxfp4, independent of DSPARK
     HookRegistry.register(request_guards.TARGET, request_guards.check_prompt_tokens, HookType.AROUND)
+    HookRegistry.register(_CHECK_SERVER_ARGS, _check_parallel_sizes, HookType.AFTER)
     impl = selected_impl()
     if impl == BUILTIN:
         HookRegistry.register(_HANDLE_DSPARK, _handle_dspark_builtin, HookType.AFTER)

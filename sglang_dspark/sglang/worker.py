@@ -55,6 +55,7 @@ from sglang_dspark.models.paged_context import PagedDrafterContext
 from sglang_dspark.sglang.fault_injection import DraftFaultInjector
 from sglang_dspark.sglang.sps_files import load_sps_table
 from sglang_dspark.sglang.verify_batch import VerifyLayout, plan_verify_layout, ragged_supported
+from sglang_dspark.sglang.tp_sync import broadcast_from_first_rank, full_vocab_weight
 
 logger = logging.getLogger(__name__)
 
@@ -86,9 +87,10 @@ def _target_shared_modules(model: nn.Module, vocab_size: int) -> tuple[nn.Module
             f"{type(model).__name__} exposes no model.embed_tokens / lm_head.weight; "
             "DSPARK drafters share the target's embedding and LM head."
         )
+    # Under tensor parallelism both are vocabulary-sharded: every rank gathers the full tables.
     return (
-        _SharedWeight(embed.weight[:vocab_size], "embed"),
-        _SharedWeight(head.weight[:vocab_size], "head"),
+        _SharedWeight(full_vocab_weight(embed, vocab_size), "embed"),
+        _SharedWeight(full_vocab_weight(head, vocab_size), "head"),
     )
 
 
@@ -392,7 +394,8 @@ class DSparkWorker(BaseSpecWorker):
             noise = uniforms_for_batch(seeds, batch.seq_lens.long(), PREFILL_STREAM, 1, self.generator)
             resampled = sample_from_probs(probs, uniforms=noise[:, 0])
         seeded = torch.tensor([s is not None for s in seeds], device=resampled.device)
-        out.next_token_ids = torch.where(seeded, resampled.to(out.next_token_ids), out.next_token_ids)
+        out.next_token_ids = torch.where(seeded, resampled.to(out.next_token_ids), out.next_token_ids).contiguous()
+        broadcast_from_first_rank(out.next_token_ids)
 
     def _sampling_params(self, sampling_info) -> SamplingParams:
         temperature = sampling_info.temperatures.view(-1).float()
@@ -503,10 +506,12 @@ class DSparkWorker(BaseSpecWorker):
             verify_lens = torch.full((bs,), self.block_size, dtype=torch.long, device=self.device)
         else:
             verify_lens = schedule_prefixes(block.confidence, self.sps_table)
+        draft_tokens = anchors.new_zeros((bs, 0)) if block is None else block.tokens.contiguous()
+        # One decision for all tensor-parallel ranks (rank 0's; identical inputs make them equal anyway).
+        broadcast_from_first_rank(verify_lens, draft_tokens)
         verify_lens_cpu = verify_lens.tolist()
         layout = plan_verify_layout(verify_lens_cpu, self.device, ragged=self.ragged_verify)
         width = layout.width
-        draft_tokens = anchors.new_zeros((bs, 0)) if block is None else block.tokens
         t2 = time.perf_counter()
 
         drafts = draft_tokens[:, : width - 1]
@@ -556,13 +561,15 @@ class DSparkWorker(BaseSpecWorker):
                     if seeds is None
                     else uniforms_for_batch(seeds, prefix, VERIFY_STREAM, width, self.generator),
                 )
-            accepted = result.num_accepted
+            accepted = result.num_accepted.contiguous()
+            committed = result.tokens.contiguous()
+            broadcast_from_first_rank(accepted, committed)
             keep = torch.arange(width, device=self.device)[None, :] <= accepted[:, None]
             hidden = layout.to_padded(logits_output.hidden_states)
             self._write_context(hidden[keep], cache_loc[keep], positions[keep])
         logits_output.hidden_states = None
 
-        tokens = result.tokens.clamp_min(0)
+        tokens = committed.clamp_min(0)
         new_bonus = tokens.gather(1, accepted[:, None]).view(-1)
         accept_lens = (accepted + 1).to(torch.int32)
         new_seq_lens = prefix + accepted + 1

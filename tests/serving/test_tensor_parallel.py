@@ -1,0 +1,85 @@
+"""Tensor parallelism on CPU: two scheduler ranks (gloo collectives), real server processes.
+
+One server start per configuration: the tiny Llama target at ``--tp-size 1``
+without speculation (the reference) and at ``--tp-size 2`` with DSPARK and the
+copy drafter; greedy output must be identical. A ``--tp-size`` that does not
+divide the attention heads must fail during argument resolution, naming the flag.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+
+from sglang_dspark.server_process import ServerProcess, cpu_serve_args, dspark_args
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["Hello, my name is", "The capital of France is", "def fibonacci(n):", "Once upon a time"]
+MAX_NEW_TOKENS = 16
+# One OpenMP thread per rank, pinned to its own core.
+TP2_ENV = {"SGLANG_CPU_OMP_THREADS_BIND": "0|1"}
+
+
+def _generate(server: ServerProcess, prompt: str) -> dict:
+    r = requests.post(
+        server.url + "/generate",
+        json={"text": prompt, "sampling_params": {"temperature": 0, "max_new_tokens": MAX_NEW_TOKENS}},
+        timeout=600,
+    )
+    r.raise_for_status()
+    return r.json()
+
+
+@pytest.fixture(scope="module")
+def tp_servers(tiny_target, copy_drafter, server_logs):
+    """(plain at --tp-size 1, DSPARK at --tp-size 2), started side by side."""
+    heads = json.loads((tiny_target / "config.json").read_text())["num_attention_heads"]
+    assert heads % 2 == 0, heads
+    plain = ServerProcess(cpu_serve_args(tiny_target), server_logs / "tp1-plain.log").start()
+    spec = ServerProcess(
+        [*cpu_serve_args(tiny_target), *dspark_args(copy_drafter), "--tp-size", "2"],
+        server_logs / "tp2-dspark.log",
+        env=TP2_ENV,
+    ).start()
+    try:
+        plain.wait_ready()
+        spec.wait_ready()
+        yield plain, spec
+    finally:
+        plain.stop()
+        spec.stop()
+
+
+def test_dspark_at_tp2_equals_plain_tp1(tp_servers):
+    plain, spec = tp_servers
+    accept = []
+    for prompt in PROMPTS:
+        ref = _generate(plain, prompt)
+        out = _generate(spec, prompt)
+        assert out["output_ids"] == ref["output_ids"], prompt
+        assert out["meta_info"]["finish_reason"] == ref["meta_info"]["finish_reason"], prompt
+        assert out["meta_info"]["spec_verify_ct"] > 0, prompt
+        accept.append(out["meta_info"]["spec_accept_length"])
+    # Drafts get accepted: the drafter sees the full (gathered) embedding and LM head.
+    assert max(accept) > 1.0, accept
+    log = spec.log_tail(100000)
+    assert "TP1" in log, "the server did not start a second tensor-parallel rank"
+    assert "DSPARK draft failed" not in log and "context write failed" not in log
+
+
+def test_tp_size_not_dividing_heads_fails_before_weights_load(tiny_target, server_logs):
+    server = ServerProcess(
+        [*cpu_serve_args(tiny_target), "--tp-size", "3"],
+        server_logs / "tp3-invalid.log",
+        env={"SGLANG_CPU_OMP_THREADS_BIND": "0|1|0"},
+    ).start()
+    try:
+        assert server.wait_exit(timeout=300) != 0
+        log = server.log_tail(200)
+    finally:
+        server.stop()
+    assert "--tp-size 3 does not divide the model's 4 attention heads" in log, log
+    assert "Load weight begin" not in log

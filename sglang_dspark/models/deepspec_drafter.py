@@ -48,6 +48,11 @@ from sglang_dspark.algorithm.config import DSparkConfig, DSparkConfigError, load
 from sglang_dspark.algorithm.confidence_head import ConfidenceHead
 from sglang_dspark.algorithm.markov_head import build_markov_head
 from sglang_dspark.algorithm.sampling import SamplingParams
+from sglang_dspark.models.safetensors_header import (
+    FLOAT_DTYPES,
+    SafetensorsHeaderError,
+    read_safetensors_header,
+)
 
 __all__ = [
     "DeepSpecDrafter",
@@ -615,6 +620,72 @@ def _weight_files(path: Path) -> dict[str, Path]:
     return files
 
 
+def check_deepspec_checkpoint(path: str | Path, config: DSparkConfig) -> dict[str, Path]:
+    """Check a drafter checkpoint against its config from the safetensors headers only.
+
+    Every expected tensor present (none unexpected), with the config's shape
+    and a floating-point dtype, and no shard shorter than its header says.
+    Cheap enough to run during argument resolution, before any weight loads.
+
+    Returns:
+        Tensor name -> the shard holding it.
+
+    Raises:
+        DrafterCheckpointError: naming the tensor or shard and what is wrong.
+    """
+    path = Path(path)
+    expected = deepspec_state_dict_shapes(config)
+    files = _weight_files(path)
+    missing = sorted(set(expected) - set(files))
+    if missing:
+        shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
+        raise DrafterCheckpointError(
+            f"{path}: {len(missing)} tensor(s) missing from the checkpoint: {shown}. The "
+            f"config (markov_head_type={config.markov_head_type!r}, enable_confidence_head="
+            f"{config.enable_confidence_head}, {config.num_draft_layers} layers) does not "
+            "match the weights, or the checkpoint is incomplete."
+        )
+    unexpected = sorted(set(files) - set(expected) - set(IGNORED_CHECKPOINT_KEYS))
+    if unexpected:
+        shown = ", ".join(unexpected[:8]) + (" ..." if len(unexpected) > 8 else "")
+        raise DrafterCheckpointError(
+            f"{path}: {len(unexpected)} unexpected tensor(s) in the checkpoint: {shown}. "
+            "It was saved for another drafter layout or config."
+        )
+    for shard in sorted(set(files.values())):
+        try:
+            header = read_safetensors_header(shard)
+        except (SafetensorsHeaderError, OSError) as exc:
+            raise DrafterCheckpointError(
+                f"cannot read safetensors shard {shard.name} in {path}: {exc}; the file is "
+                "truncated or corrupt, re-download it."
+            ) from exc
+        for name, info in header.items():
+            if files.get(name) != shard:
+                continue
+            if name in ("embed_tokens.weight", "lm_head.weight"):
+                want = (config.vocab_size, config.hidden_size)
+            else:
+                want = expected.get(name)
+            if want is not None and info.shape != want:
+                raise DrafterCheckpointError(
+                    f"tensor {name!r} in {shard.name} has shape {info.shape}, expected "
+                    f"{want} from config.json."
+                )
+            if info.dtype not in FLOAT_DTYPES:
+                raise DrafterCheckpointError(
+                    f"tensor {name!r} in {shard.name} has dtype {info.dtype}; drafter weights "
+                    "must be floating point (was it saved from a quantised model?)."
+                )
+        listed = {n for n, f in files.items() if f == shard}
+        absent = sorted(listed - set(header))
+        if absent:
+            raise DrafterCheckpointError(
+                f"{shard.name} does not contain {absent[0]!r} although the index lists it there."
+            )
+    return files
+
+
 def load_deepspec_drafter(
     path: str | Path,
     *,
@@ -660,23 +731,7 @@ def load_deepspec_drafter(
         config.validate_target_layer_count(num_target_layers)
 
     expected = deepspec_state_dict_shapes(config)
-    files = _weight_files(path)
-    missing = sorted(set(expected) - set(files))
-    if missing:
-        shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
-        raise DrafterCheckpointError(
-            f"{path}: {len(missing)} tensor(s) missing from the checkpoint: {shown}. The "
-            f"config (markov_head_type={config.markov_head_type!r}, enable_confidence_head="
-            f"{config.enable_confidence_head}, {config.num_draft_layers} layers) does not "
-            "match the weights, or the checkpoint is incomplete."
-        )
-    unexpected = sorted(set(files) - set(expected) - set(IGNORED_CHECKPOINT_KEYS))
-    if unexpected:
-        shown = ", ".join(unexpected[:8]) + (" ..." if len(unexpected) > 8 else "")
-        raise DrafterCheckpointError(
-            f"{path}: {len(unexpected)} unexpected tensor(s) in the checkpoint: {shown}. "
-            "It was saved for another drafter layout or config."
-        )
+    files = check_deepspec_checkpoint(path, config)
 
     by_file: dict[Path, list[str]] = {}
     for name, shard in files.items():

@@ -16,6 +16,7 @@ from typing import Any
 
 from sglang_dspark.algorithm.config import DSparkConfig, DSparkConfigError
 from sglang_dspark.algorithm.calibration import StsCalibration
+from sglang_dspark.models.deepspec_drafter import DrafterCheckpointError, check_deepspec_checkpoint
 from sglang_dspark.sglang.sps_files import load_sps_table
 
 logger = logging.getLogger(__name__)
@@ -133,6 +134,12 @@ def check_dspark_args(
                 f"{list(drafter.target_layer_ids)} include the target's last layer ({layers - 1}), "
                 "whose output SGLang cannot capture; train the drafter on earlier layers."
             )
+
+    if drafter.backbone != "deepseek_v4":  # V4's drafter lives in the target checkpoint
+        try:
+            check_deepspec_checkpoint(draft_path, drafter)
+        except DrafterCheckpointError as e:
+            raise DSparkArgumentError(f"--speculative-draft-model-path {draft_path}: {e}") from None
 
     gamma = drafter.block_size
     if block_size_flag is not None and int(block_size_flag) != gamma:

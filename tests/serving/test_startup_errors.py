@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from sglang_dspark.server_process import ServerProcess, cpu_serve_args, dspark_args
 from sglang_dspark.sglang.server_args import DSparkArgumentError, check_dspark_args
@@ -21,6 +22,25 @@ def patched_drafter(src: Path, dst: Path, **config_changes) -> Path:
     return dst
 
 
+def damaged_drafter(src: Path, dst: Path, damage: str) -> Path:
+    """A copy of ``src`` whose weights file is truncated, lacks a tensor, or holds an int tensor."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    weights_path = dst / "model.safetensors"
+    if damage == "truncated":
+        data = weights_path.read_bytes()
+        weights_path.write_bytes(data[: len(data) - 1000])
+        return dst
+    weights = load_file(str(weights_path))
+    if damage == "missing":
+        del weights["markov_head.markov_w2.weight"]
+    elif damage == "mistyped":
+        weights["fc.weight"] = weights["fc.weight"].to(torch.int32)
+    save_file(weights, str(weights_path))
+    return dst
+
+
 @pytest.fixture(scope="module")
 def bad_drafters(tmp_path_factory, copy_drafter) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bad-drafters")
@@ -29,6 +49,7 @@ def bad_drafters(tmp_path_factory, copy_drafter) -> dict[str, Path]:
         "hidden": patched_drafter(copy_drafter, root / "hidden", hidden_size=96),
         "layers": patched_drafter(copy_drafter, root / "layers", target_layer_ids=[0, 7]),
         "last-layer": patched_drafter(copy_drafter, root / "last-layer", target_layer_ids=[0, 3]),
+        **{d: damaged_drafter(copy_drafter, root / d, d) for d in ("truncated", "missing", "mistyped")},
     }
 
 
@@ -77,6 +98,9 @@ def test_flag_errors_name_the_flag(tiny_target, copy_drafter, overrides, flag):
         ("hidden", "hidden_size"),
         ("layers", "target_layer_ids"),
         ("last-layer", "include the target's last layer"),
+        ("truncated", "the file is truncated or corrupt"),
+        ("missing", "missing from the checkpoint: markov_head.markov_w2.weight"),
+        ("mistyped", "'fc.weight' in model.safetensors has dtype I32"),
     ],
 )
 def test_drafter_target_mismatch(tiny_target, bad_drafters, kind, message):
@@ -104,6 +128,7 @@ def test_servers_exit_before_loading_weights(tiny_target, copy_drafter, bad_draf
         "vocab": ([*base, *dspark_args(bad_drafters["vocab"])], "vocab_size=300"),
         "hidden": ([*base, *dspark_args(bad_drafters["hidden"])], "hidden_size=96"),
         "layers": ([*base, *dspark_args(bad_drafters["layers"])], "target_layer_ids"),
+        "truncated": ([*base, *dspark_args(bad_drafters["truncated"])], "truncated or corrupt"),
         "attention": ([*base, *dspark_args(copy_drafter), "--attention-backend", "triton"],
                       "--attention-backend triton"),
         "no-drafter": ([*base, *dspark_args()], "--speculative-draft-model-path is required"),

@@ -20,6 +20,14 @@ H/2]`` (gate rows then up rows), ``w2 [E_l, H, I_l/2]`` and the matching scales.
 straight into that layout, byte for byte: nothing is dequantised, so loading
 never holds a float copy of the experts.
 
+SGLang may pad the intermediate dimension beyond the checkpoint's (on CPU it
+rounds it up for tensor parallelism, whatever the EP size). ``intermediate_size``
+is then the padded size the runner tensors are built for and
+``checkpoint_intermediate_size`` the checkpoint's: each rank copies the part of
+``[0, checkpoint_intermediate_size)`` that falls in its range and leaves the rest
+zero. Zero gate/up rows give ``silu(0) * 0 = 0`` and zero down columns add
+nothing, so the padded experts compute exactly the checkpoint's.
+
 Each rank's :func:`~sglang_dspark.moe.moe_forward.moe_forward` output is then a
 partial sum; summing (all-reducing) over all ranks of the grid gives the full
 MoE output. ``tests/moe/test_expert_sharding.py`` checks exactly that.
@@ -50,6 +58,7 @@ class ExpertShard:
     ep_rank: int = 0
     tp_size: int = 1
     tp_rank: int = 0
+    checkpoint_intermediate_size: int | None = None  # None: same as intermediate_size (no padding)
 
     def __post_init__(self) -> None:
         for name in ("num_experts", "hidden_size", "intermediate_size", "ep_size", "tp_size"):
@@ -68,6 +77,26 @@ class ExpertShard:
                 f"intermediate size {self.intermediate_size} must split into tp_size {self.tp_size} "
                 f"shards that are multiples of {mxfp4.BLOCK_SIZE} (one E8M0 scale block)"
             )
+        ckpt = self.checkpoint_intermediate
+        if ckpt <= 0 or ckpt > self.intermediate_size or ckpt % mxfp4.BLOCK_SIZE:
+            raise ValueError(
+                f"checkpoint intermediate size {ckpt} must be a positive multiple of {mxfp4.BLOCK_SIZE} "
+                f"no larger than the layer's (padded) intermediate size {self.intermediate_size}"
+            )
+
+    @property
+    def checkpoint_intermediate(self) -> int:
+        """Intermediate size of the checkpoint's expert tensors (unpadded)."""
+        if self.checkpoint_intermediate_size is None:
+            return self.intermediate_size
+        return self.checkpoint_intermediate_size
+
+    @property
+    def checkpoint_range(self) -> tuple[int, int]:
+        """``(start, length)`` of this TP rank's checkpoint intermediate columns (``length`` 0 for a rank in the padding)."""
+        i_l = self.local_intermediate_size
+        start = min(self.tp_rank * i_l, self.checkpoint_intermediate)
+        return start, min(start + i_l, self.checkpoint_intermediate) - start
 
     @property
     def num_local_experts(self) -> int:
@@ -102,7 +131,7 @@ class ExpertShard:
 
     def checkpoint_shape(self, shard_id: ShardId, kind: TensorKind) -> tuple[int, int]:
         """Full (unsharded) shape of one expert's checkpoint tensor."""
-        h, i = self.hidden_size, self.intermediate_size
+        h, i = self.hidden_size, self.checkpoint_intermediate
         per = 2 if kind == "weight" else mxfp4.BLOCK_SIZE
         return (i, h // per) if shard_id in ("w1", "w3") else (h, i // per)
 
@@ -111,26 +140,32 @@ class ExpertShard:
 
         ``w1``/``w3``: rows ``[r * I_l, (r + 1) * I_l)``; ``w2``: the packed
         columns (``I_l / 2`` bytes or ``I_l / 32`` scales per rank) of the same
-        intermediate range.
+        intermediate range, clipped to the checkpoint's intermediate size.
         """
         _check_ids(shard_id, kind)
         want = self.checkpoint_shape(shard_id, kind)
         if tuple(tensor.shape) != want:
             raise ValueError(f"{shard_id} {kind} has shape {tuple(tensor.shape)}, expected {want}")
-        i_l = self.local_intermediate_size
+        start, length = self.checkpoint_range
         if shard_id in ("w1", "w3"):
-            return tensor.narrow(0, self.tp_rank * i_l, i_l)
-        cols = i_l // (2 if kind == "weight" else mxfp4.BLOCK_SIZE)
-        return tensor.narrow(1, self.tp_rank * cols, cols)
+            return tensor.narrow(0, start, length)
+        per = 2 if kind == "weight" else mxfp4.BLOCK_SIZE
+        return tensor.narrow(1, start // per, length // per)
 
-    def destination(self, param: torch.Tensor, local_expert: int, shard_id: ShardId) -> torch.Tensor:
-        """The view of a runner tensor (``w13*`` or ``w2*``) that ``shard_id`` of ``local_expert`` fills."""
+    def destination(self, param: torch.Tensor, local_expert: int, shard_id: ShardId, kind: TensorKind) -> torch.Tensor:
+        """The view of a runner tensor (``w13*`` or ``w2*``) that ``shard_id`` of ``local_expert`` fills.
+
+        Padding rows/columns beyond the checkpoint's intermediate size are not
+        part of it: they keep the parameter's zeros.
+        """
         i_l = self.local_intermediate_size
+        _, length = self.checkpoint_range
         if shard_id == "w1":
-            return param[local_expert].narrow(0, 0, i_l)
+            return param[local_expert].narrow(0, 0, length)
         if shard_id == "w3":
-            return param[local_expert].narrow(0, i_l, i_l)
-        return param[local_expert]
+            return param[local_expert].narrow(0, i_l, length)
+        per = 2 if kind == "weight" else mxfp4.BLOCK_SIZE
+        return param[local_expert].narrow(1, 0, length // per)
 
 
 def _check_ids(shard_id: str, kind: str) -> None:
@@ -138,6 +173,16 @@ def _check_ids(shard_id: str, kind: str) -> None:
         raise ValueError(f"shard_id must be one of {SHARD_IDS}, got {shard_id!r}")
     if kind not in ("weight", "scale"):
         raise ValueError(f"kind must be 'weight' or 'scale', got {kind!r}")
+
+
+def checkpoint_intermediate_of(tensor: torch.Tensor, shard_id: ShardId, kind: TensorKind) -> int:
+    """The intermediate size an expert checkpoint tensor was saved with (``w1``/``w3`` rows, ``w2`` packed columns)."""
+    _check_ids(shard_id, kind)
+    if tensor.dim() != 2:
+        raise ValueError(f"{shard_id} {kind} must be 2-D per expert, got shape {tuple(tensor.shape)}")
+    if shard_id in ("w1", "w3"):
+        return int(tensor.shape[0])
+    return int(tensor.shape[1]) * (2 if kind == "weight" else mxfp4.BLOCK_SIZE)
 
 
 def as_raw_bytes(tensor: torch.Tensor) -> torch.Tensor:
@@ -173,7 +218,7 @@ def copy_expert_tensor(
     if local is None:
         return False
     src = as_raw_bytes(shard.slice_checkpoint_tensor(tensor, shard_id, kind))
-    dst = shard.destination(param, local, shard_id)
+    dst = shard.destination(param, local, shard_id, kind)
     if dst.shape != src.shape:
         raise ValueError(
             f"{shard_id} {kind} of expert {global_expert}: slice {tuple(src.shape)} does not fit "

@@ -11,11 +11,14 @@ copies this rank's slice (:mod:`sglang_dspark.moe.expert_sharding`).
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from sglang.srt.layers.quantization.base_config import FusedMoEMethodBase
 
-from sglang_dspark.moe.expert_sharding import ExpertShard, copy_expert_tensor
+from sglang_dspark.moe.expert_sharding import ExpertShard, checkpoint_intermediate_of, copy_expert_tensor
 from sglang_dspark.moe.moe_forward import moe_forward
+
 
 def param_names(scale_suffix: str) -> dict[str, str]:
     """Runner tensor -> FusedMoE parameter name.
@@ -55,6 +58,7 @@ class DSparkMxfp4MoEMethod(FusedMoEMethodBase):
         self.names = param_names(scale_suffix)
         self.runner = None
         self.shard: ExpertShard | None = None
+        self._checkpoint_size_known = False
 
     def create_weights(self, layer, num_experts, hidden_size, intermediate_size_per_partition, params_dtype, **extra):
         if extra.get("with_bias"):
@@ -85,10 +89,24 @@ class DSparkMxfp4MoEMethod(FusedMoEMethodBase):
 
     def _weight_loader(self, param, loaded_weight, weight_name, shard_id, expert_id, **_):
         kind = "scale" if "scale" in weight_name else "weight"
+        if not self._checkpoint_size_known:
+            self._fit_checkpoint_intermediate(loaded_weight, shard_id, kind)
         copy_expert_tensor(
             param.data, loaded_weight, shard=self.shard, global_expert=int(expert_id), shard_id=shard_id, kind=kind
         )
         return True
+
+    def _fit_checkpoint_intermediate(self, tensor: torch.Tensor, shard_id: str, kind: str) -> None:
+        # On CPU, SGLang pads the model's intermediate size for tensor parallelism
+        # (adjust_config_with_unaligned_cpu_tp, by the full TP size even under EP)
+        # after the checkpoint was written: the layer is wider than its tensors.
+        size = checkpoint_intermediate_of(tensor, shard_id, kind)
+        if size != self.shard.intermediate_size:
+            try:
+                self.shard = dataclasses.replace(self.shard, checkpoint_intermediate_size=size)
+            except ValueError as e:
+                raise ValueError(f"{self.prefix}: checkpoint experts do not fit the layer: {e}") from None
+        self._checkpoint_size_known = True
 
     def process_weights_after_loading(self, layer) -> None:
         return None

@@ -25,8 +25,8 @@ def checkpoint(seed: int = 0) -> dict[tuple[int, str], dict[str, torch.Tensor]]:
     return out
 
 
-def load_rank(ckpt, shard: ExpertShard) -> dict[str, torch.Tensor]:
-    params = {name: torch.full(shape, 0xAB, dtype=torch.uint8) for name, shape in shard.local_shapes().items()}
+def load_rank(ckpt, shard: ExpertShard, fill: int = 0xAB) -> dict[str, torch.Tensor]:
+    params = {name: torch.full(shape, fill, dtype=torch.uint8) for name, shape in shard.local_shapes().items()}
     for (e, shard_id), tensors in ckpt.items():
         for kind, tensor in tensors.items():
             name = ("w13" if shard_id in ("w1", "w3") else "w2") + ("_scale" if kind == "scale" else "")
@@ -63,6 +63,31 @@ def test_rank_outputs_sum_to_the_full_moe(ep: int, tp: int) -> None:
     torch.testing.assert_close(total, full, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("ep,tp,padded", [(2, 1, 256), (1, 2, 256), (2, 2, 256), (1, 2, 192), (1, 4, 256), (2, 1, 160)])
+def test_padded_layers_compute_the_checkpoint_moe(ep: int, tp: int, padded: int) -> None:
+    """SGLang's CPU TP padding: runner tensors wider than the checkpoint; zero tails, same output."""
+    ckpt = checkpoint()
+    x, weights, ids = routing(tokens=5)
+    full_shard = ExpertShard(E, H, I)
+    full = run(load_rank(ckpt, full_shard), full_shard, x, weights, ids)
+    total = torch.zeros_like(full)
+    for ep_rank in range(ep):
+        for tp_rank in range(tp):
+            shard = ExpertShard(
+                E, H, padded, ep_size=ep, ep_rank=ep_rank, tp_size=tp, tp_rank=tp_rank, checkpoint_intermediate_size=I
+            )
+            # Parameters start as zeros, as the quant method creates them.
+            total += run(load_rank(ckpt, shard, fill=0), shard, x, weights, ids)
+    torch.testing.assert_close(total, full, rtol=1e-5, atol=1e-5)
+
+
+def test_rank_entirely_in_the_padding_holds_zeros() -> None:
+    shard = ExpertShard(E, H, 512, tp_size=4, tp_rank=3, checkpoint_intermediate_size=I)
+    assert shard.checkpoint_range == (128, 0)
+    params = load_rank(checkpoint(), shard, fill=0)
+    assert all(int(t.count_nonzero()) == 0 for t in params.values())
+
+
 def test_full_load_is_the_stacked_checkpoint_and_tp_slices_match_shard_intermediate() -> None:
     ckpt = checkpoint()
     full = load_rank(ckpt, ExpertShard(E, H, I))
@@ -95,6 +120,8 @@ def test_ep_ranks_hold_contiguous_expert_ranges() -> None:
         (dict(tp_size=3), "multiples of 32"),
         (dict(ep_size=2, ep_rank=2), "out of range"),
         (dict(hidden_size=48), "multiple of 32"),
+        (dict(checkpoint_intermediate_size=I + 32), "no larger than"),
+        (dict(checkpoint_intermediate_size=48), "multiple of 32"),
     ],
 )
 def test_invalid_grids_are_refused(kwargs, match) -> None:

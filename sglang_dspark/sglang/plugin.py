@@ -11,7 +11,10 @@ DSPARK`` is served by this project:
 - ``Mxfp4Config``/``Fp8Config.get_quant_method``: MXFP4 experts under
   ``--moe-runner-backend flashinfer_mxfp4`` (see :mod:`.mxfp4_moe_runner`);
 - ``ServerArgs.check_server_args``: ``--tp-size`` / ``--ep-size`` against the
-  model's heads and experts (see :mod:`.parallel_args`).
+  model's heads and experts (see :mod:`.parallel_args`);
+- ``get_available_gpu_memory``: only when the test-only
+  ``SGLANG_DSPARK_CPU_MEMORY_BUDGET_BYTES`` is set, a CPU device of that many
+  bytes (see :mod:`.memory_budget`).
 
 ``SGLANG_DSPARK_IMPL=builtin`` leaves the name to SGLang's built-in DSPARK.
 """
@@ -80,12 +83,13 @@ def load() -> None:
     """Register sglang-dspark's hooks (called by SGLang's ``load_plugins``)."""
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-    from sglang_dspark.sglang import request_guards
+    from sglang_dspark.sglang import memory_budget, request_guards
     from sglang_dspark.sglang.mxfp4_moe_runner import register_hooks as register_mxfp4_runner
 
     register_mxfp4_runner()  # --moe-runner-backend flashinfer_mxfp4, independent of DSPARK
     HookRegistry.register(request_guards.TARGET, request_guards.check_prompt_tokens, HookType.AROUND)
     HookRegistry.register(_CHECK_SERVER_ARGS, _check_parallel_sizes, HookType.AFTER)
+    memory_budget.install()  # test-only; nothing unless its variable is set
     impl = selected_impl()
     if impl == BUILTIN:
         HookRegistry.register(_HANDLE_DSPARK, _handle_dspark_builtin, HookType.AFTER)

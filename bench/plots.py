@@ -43,6 +43,16 @@ def _no_data(ax, text: str) -> None:
     ax.set_yticks([])
 
 
+def _finish_concurrency_figure(fig, axes, levels: list[int], legend_size: int, title: str, path: Path) -> None:
+    """Concurrency x axes, grid and legend on every panel, then the title and the file."""
+    for ax in axes:
+        _xaxis(ax, levels)
+        ax.grid(alpha=0.3)
+        _legend(ax, legend_size)
+    fig.suptitle(title)
+    _save(fig, path)
+
+
 def plot_throughput(report: dict, path: Path) -> None:
     """Output tokens/s and per-user tokens/s against concurrency, one line per server."""
     plt = _pyplot()
@@ -54,12 +64,7 @@ def plot_throughput(report: dict, path: Path) -> None:
         axes[1].plot(xs, [lvl["per_user_tok_s"] or 0 for lvl in server["levels"]], "o-", label=server["label"])
     axes[0].set_ylabel("output tokens / s (all users)")
     axes[1].set_ylabel("tokens / s per user (1000 / TPOT)")
-    for ax in axes:
-        _xaxis(ax, levels)
-        ax.grid(alpha=0.3)
-        _legend(ax, 8)
-    fig.suptitle(f"{report['scenario']['name']}: throughput and per-user speed")
-    _save(fig, path)
+    _finish_concurrency_figure(fig, axes, levels, 8, f"{report['scenario']['name']}: throughput and per-user speed", path)
 
 
 def plot_latency(report: dict, path: Path) -> None:
@@ -78,12 +83,8 @@ def plot_latency(report: dict, path: Path) -> None:
                         label=f"{server['label']} {'p50' if pct == 'median' else pct}")
     axes[0].set_ylabel("time to first token (ms)")
     axes[1].set_ylabel("inter-token latency (ms)")
-    for ax in axes:
-        _xaxis(ax, levels)
-        ax.grid(alpha=0.3)
-        _legend(ax, 7)
-    fig.suptitle(f"{report['scenario']['name']}: TTFT and ITL, p50 (solid) / p95 (dashed) / p99 (dotted)")
-    _save(fig, path)
+    title = f"{report['scenario']['name']}: TTFT and ITL, p50 (solid) / p95 (dashed) / p99 (dotted)"
+    _finish_concurrency_figure(fig, axes, levels, 7, title, path)
 
 
 def plot_acceptance(report: dict, path: Path) -> None:

@@ -235,9 +235,23 @@ class DSparkWorker(BaseSpecWorker):
         return torch.tensor(sts.temperatures, dtype=torch.float32, device=self.device)
 
     @property
-    def preloaded_weights_bytes(self) -> int:
+    def drafter_weight_bytes(self) -> int:
         """Drafter weights (the shared embedding and LM head are the target's)."""
         return sum(p.numel() * p.element_size() for p in self.drafter.parameters())
+
+    @property
+    def preloaded_weights_bytes(self) -> int:
+        """0: the drafter is loaded after SGLang's pre-load baseline.
+
+        SGLang sizes the KV pool from the free memory measured after every
+        weight is loaded, so the drafter's weights are already subtracted.
+        ``preloaded_weights_bytes`` is for weights that were resident before
+        that baseline (a weight-cache daemon); the scheduler adds them to the
+        baseline, which would grow the ``1 - mem_fraction_static`` slack by that
+        share of the drafter and charge its weights ``2 - mem_fraction_static``
+        times (``tests/serving/test_memory_budget.py`` checks they are charged once).
+        """
+        return 0
 
     def alloc_memory_pool(
         self, memory_pool_config=None, req_to_token_pool=None, token_to_kv_pool_allocator=None
@@ -312,6 +326,7 @@ class DSparkWorker(BaseSpecWorker):
             "kv_available_tokens": self._available_kv_tokens(),
             "dspark_context_bytes_per_slot": getattr(self, "context_bytes_per_slot", None),
             "dspark_accounted_bytes_per_slot": getattr(self, "accounted_bytes_per_slot", None),
+            "dspark_drafter_weight_bytes": self.drafter_weight_bytes,
         }
 
     def _available_kv_tokens(self) -> int | None:

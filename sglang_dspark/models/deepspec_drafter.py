@@ -214,6 +214,8 @@ class DrafterAttention(nn.Module):
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         else:
             self.q_norm = self.k_norm = None
+        # Set under tensor parallelism (drafter_tensor_parallel): sums the ranks' o_proj partials.
+        self.reduce_output: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def _heads(self, x: torch.Tensor, proj: nn.Linear, heads: int, norm) -> torch.Tensor:
         out = proj(x).view(*x.shape[:2], heads, self.head_dim)
@@ -254,7 +256,8 @@ class DrafterAttention(nn.Module):
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=visible[:, None, None, :], scale=self.head_dim**-0.5
         )
-        return self.o_proj(out.transpose(1, 2).reshape(batch, num_pos, -1))
+        out = self.o_proj(out.transpose(1, 2).reshape(batch, num_pos, -1))
+        return out if self.reduce_output is None else self.reduce_output(out)
 
 
 class DrafterMLP(nn.Module):
@@ -271,9 +274,11 @@ class DrafterMLP(nn.Module):
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.reduce_output: Callable[[torch.Tensor], torch.Tensor] | None = None  # as DrafterAttention's
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        out = self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        return out if self.reduce_output is None else self.reduce_output(out)
 
 
 class DrafterLayer(nn.Module):
@@ -411,13 +416,20 @@ class DeepSpecDrafter(nn.Module):
     def _dtype(self) -> torch.dtype:
         return self.fc.weight.dtype
 
+    @property
+    def kv_heads_per_rank(self) -> int:
+        """Key-value heads this process's layers hold (fewer than the config's under tensor parallelism)."""
+        if len(self.layers) == 0:
+            return self.config.num_key_value_heads
+        return self.layers[0].self_attn.num_kv_heads
+
     def new_cache(
         self, batch_size: int, *, capacity: int = 64, device: torch.device | None = None
     ) -> DrafterContextCache:
         """An empty context cache for ``batch_size`` requests."""
         device = device if device is not None else self.fc.weight.device
         cfg = self.config
-        shape = (batch_size, cfg.num_key_value_heads, max(capacity, 1), cfg.head_dim)
+        shape = (batch_size, self.kv_heads_per_rank, max(capacity, 1), cfg.head_dim)
         return DrafterContextCache(
             keys=[torch.zeros(shape, dtype=self._dtype, device=device) for _ in self.layers],
             values=[torch.zeros(shape, dtype=self._dtype, device=device) for _ in self.layers],

@@ -42,7 +42,7 @@ class PagedDrafterContext:
     ) -> "PagedDrafterContext":
         """Zero-filled pool of ``num_slots`` rows for every drafter layer."""
         cfg = drafter.config
-        shape = (num_slots, cfg.num_key_value_heads, cfg.head_dim)
+        shape = (num_slots, drafter.kv_heads_per_rank, cfg.head_dim)
         return cls(
             keys=[torch.zeros(shape, dtype=dtype, device=device) for _ in drafter.layers],
             values=[torch.zeros(shape, dtype=dtype, device=device) for _ in drafter.layers],
@@ -53,7 +53,7 @@ class PagedDrafterContext:
         """Memory one slot takes over all layers (keys and values)."""
         cfg = drafter.config
         elem = torch.empty((), dtype=dtype).element_size()
-        return 2 * len(drafter.layers) * cfg.num_key_value_heads * cfg.head_dim * elem
+        return 2 * len(drafter.layers) * drafter.kv_heads_per_rank * cfg.head_dim * elem
 
     @property
     def num_slots(self) -> int:

@@ -4,7 +4,8 @@
   SGLang shards both over the vocabulary (``VocabParallelEmbedding`` /
   ``ParallelLMHead``: rank r holds rows ``[r * V_pad / N, (r + 1) * V_pad / N)``),
   so each rank all-gathers the full table once at start-up
-  (:func:`full_vocab_weight`). The drafter itself is replicated on every rank.
+  (:func:`full_vocab_weight`). The drafter's own layers are split over the
+  ranks like the target's (:mod:`sglang_dspark.models.drafter_tensor_parallel`).
 * Every rank must take the same scheduling decision and commit the same tokens,
   or the ranks' KV caches and request states diverge. The worker computes them
   from identical inputs (replicated hidden states, all-gathered logits, one
@@ -18,17 +19,29 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["broadcast_from_first_rank", "full_vocab_weight", "tp_world_size"]
+__all__ = ["broadcast_from_first_rank", "full_vocab_weight", "tp_rank", "tp_world_size"]
+
+
+def _tp_group():
+    """SGLang's tensor-parallel group coordinator, or ``None`` when none is set up (unit tests)."""
+    from sglang.srt.distributed import get_tp_group
+
+    try:
+        return get_tp_group()
+    except RuntimeError:  # SGLang 0.5.23: "parallel name 'tp_group' has not been written in this process"
+        return None
 
 
 def tp_world_size() -> int:
     """SGLang's tensor-parallel world size in this process (1 when no group is set up)."""
-    try:
-        from sglang.srt.distributed import get_tensor_model_parallel_world_size
+    group = _tp_group()
+    return 1 if group is None else int(group.world_size)
 
-        return int(get_tensor_model_parallel_world_size())
-    except Exception:  # noqa: BLE001 - no distributed state (unit tests, single process)
-        return 1
+
+def tp_rank() -> int:
+    """This process's rank in SGLang's tensor-parallel group (0 when no group is set up)."""
+    group = _tp_group()
+    return 0 if group is None else int(group.rank_in_group)
 
 
 def _vocab_group(module: nn.Module):
@@ -65,11 +78,9 @@ def full_vocab_weight(module: nn.Module, vocab_size: int) -> torch.Tensor:
 
 def broadcast_from_first_rank(*tensors: torch.Tensor) -> None:
     """Overwrite each tensor, in place, with tensor-parallel rank 0's values (no-op at TP 1)."""
-    if tp_world_size() == 1:
+    group = _tp_group()
+    if group is None or group.world_size == 1:
         return
-    from sglang.srt.distributed import get_tp_group
-
-    group = get_tp_group()
     for t in tensors:
         if not t.is_contiguous():
             raise ValueError("broadcast_from_first_rank needs contiguous tensors")

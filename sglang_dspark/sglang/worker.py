@@ -51,11 +51,12 @@ from sglang_dspark.algorithm.seeded_noise import (
 from sglang_dspark.algorithm.sps_table import SpsTable, default_sps_table
 from sglang_dspark.algorithm.verify import verify_block
 from sglang_dspark.models.deepspec_drafter import DeepSpecDrafter, load_deepspec_drafter
+from sglang_dspark.models.drafter_tensor_parallel import DrafterTPShard, shard_drafter, unshardable_reason
 from sglang_dspark.models.paged_context import PagedDrafterContext
 from sglang_dspark.sglang.fault_injection import DraftFaultInjector
 from sglang_dspark.sglang.sps_files import load_sps_table
 from sglang_dspark.sglang.verify_batch import VerifyLayout, plan_verify_layout, ragged_supported
-from sglang_dspark.sglang.tp_sync import broadcast_from_first_rank, full_vocab_weight
+from sglang_dspark.sglang.tp_sync import broadcast_from_first_rank, full_vocab_weight, tp_rank, tp_world_size
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,27 @@ def _target_shared_modules(model: nn.Module, vocab_size: int) -> tuple[nn.Module
         _SharedWeight(full_vocab_weight(embed, vocab_size), "embed"),
         _SharedWeight(full_vocab_weight(head, vocab_size), "head"),
     )
+
+
+def _shard_for_tensor_parallelism(drafter: DeepSpecDrafter) -> DeepSpecDrafter:
+    """Split the drafter's layers over SGLang's TP group like the target's (replicated when they cannot split)."""
+    world = tp_world_size()
+    if world == 1:
+        return drafter
+    reason = unshardable_reason(drafter.config, world)
+    if reason is not None:
+        logger.warning("DSPARK drafter replicated on every TP rank: %s.", reason)
+        return drafter
+    from sglang.srt.distributed import tensor_model_parallel_all_reduce
+
+    shard_drafter(drafter, DrafterTPShard(drafter.config, tp_rank(), world), tensor_model_parallel_all_reduce)
+    logger.info(
+        "DSPARK drafter layers split over %d TP ranks: %d query / %d key-value heads per rank",
+        world,
+        drafter.layers[0].self_attn.num_heads if len(drafter.layers) else 0,
+        drafter.kv_heads_per_rank,
+    )
+    return drafter
 
 
 @dataclass(frozen=True)
@@ -221,7 +243,7 @@ class DSparkWorker(BaseSpecWorker):
             dtype=head.weight.dtype,
             num_target_layers=num_layers,
         )
-        return drafter.eval().requires_grad_(False)
+        return _shard_for_tensor_parallelism(drafter.eval().requires_grad_(False))
 
     def _load_sps_table(self, path: str | None) -> SpsTable:
         if path:

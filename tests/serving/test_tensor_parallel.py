@@ -2,7 +2,8 @@
 
 One server start per configuration: the tiny Llama target at ``--tp-size 1``
 without speculation (the reference) and at ``--tp-size 2`` with DSPARK and the
-copy drafter; greedy output must be identical. A ``--tp-size`` that does not
+copy drafter (its layers split over the two ranks); greedy output must be
+identical, and each rank's drafter KV must be the half SGLang budgets. A ``--tp-size`` that does not
 divide the attention heads must fail during argument resolution, naming the flag.
 """
 
@@ -13,7 +14,7 @@ import json
 import pytest
 import requests
 
-from sglang_dspark.server_process import ServerProcess, cpu_serve_args, dspark_args
+from sglang_dspark.server_process import ServerProcess, cpu_serve_args, dspark_args, running
 
 pytestmark = pytest.mark.slow
 
@@ -38,19 +39,14 @@ def tp_servers(tiny_target, copy_drafter, server_logs):
     """(plain at --tp-size 1, DSPARK at --tp-size 2), started side by side."""
     heads = json.loads((tiny_target / "config.json").read_text())["num_attention_heads"]
     assert heads % 2 == 0, heads
-    plain = ServerProcess(cpu_serve_args(tiny_target), server_logs / "tp1-plain.log").start()
+    plain = ServerProcess(cpu_serve_args(tiny_target), server_logs / "tp1-plain.log")
     spec = ServerProcess(
         [*cpu_serve_args(tiny_target), *dspark_args(copy_drafter), "--tp-size", "2"],
         server_logs / "tp2-dspark.log",
         env=TP2_ENV,
-    ).start()
-    try:
-        plain.wait_ready()
-        spec.wait_ready()
+    )
+    with running(plain, spec):
         yield plain, spec
-    finally:
-        plain.stop()
-        spec.stop()
 
 
 def test_dspark_at_tp2_equals_plain_tp1(tp_servers):
@@ -68,6 +64,34 @@ def test_dspark_at_tp2_equals_plain_tp1(tp_servers):
     log = spec.log_tail(100000)
     assert "TP1" in log, "the server did not start a second tensor-parallel rank"
     assert "DSPARK draft failed" not in log and "context write failed" not in log
+    # The drafter's layers are split like the target's: both ranks, 2 of 4 query heads, 1 of 2 KV heads.
+    assert log.count("DSPARK drafter layers split over 2 TP ranks: 2 query / 1 key-value heads per rank") == 2, log[-3000:]
+
+
+def test_sampled_requests_at_tp2_follow_their_seed(tp_servers):
+    """Sampling at two ranks: tokens are drawn on rank 0 and broadcast, so a seed fixes the output."""
+    _, spec = tp_servers
+
+    def sample(seed: int) -> dict:
+        params = {"temperature": 0.8, "top_p": 0.9, "max_new_tokens": MAX_NEW_TOKENS, "sampling_seed": seed}
+        r = requests.post(spec.url + "/generate", json={"text": "Once upon a time", "sampling_params": params}, timeout=600)
+        r.raise_for_status()
+        return r.json()
+
+    first = sample(7)
+    assert first["meta_info"]["spec_verify_ct"] > 0
+    assert sample(7)["output_ids"] == first["output_ids"]
+    assert len({tuple(sample(s)["output_ids"]) for s in (1, 2, 3)} | {tuple(first["output_ids"])}) > 1
+
+
+def test_drafter_kv_per_rank_is_the_share_sglang_budgets(tp_servers, copy_drafter):
+    _, spec = tp_servers
+    cfg = json.loads((copy_drafter / "config.json").read_text())
+    state = requests.get(spec.url + "/server_info", timeout=60).json()["internal_states"][0]["dspark_info_record"]
+    layers = cfg.get("num_hidden_layers", 1)
+    per_rank = 2 * layers * (cfg["num_key_value_heads"] // 2) * cfg["head_dim"] * 4  # K and V, float32
+    assert state["dspark_context_bytes_per_slot"] == per_rank
+    assert state["dspark_accounted_bytes_per_slot"] == per_rank
 
 
 def test_tp_size_not_dividing_heads_fails_before_weights_load(tiny_target, server_logs):

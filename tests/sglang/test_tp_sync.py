@@ -64,10 +64,25 @@ def test_broadcast_is_a_no_op_at_tp_1():
     assert t.tolist() == [0, 1, 2, 3]
 
 
+def test_world_size_and_rank_without_a_group_are_single_process():
+    # Real SGLang: no TP group is initialised in this process (get_tp_group asserts).
+    assert tp_sync.tp_world_size() == 1
+    assert tp_sync.tp_rank() == 0
+
+
+def test_world_size_and_rank_come_from_sglangs_tp_group(monkeypatch):
+    import sglang.srt.distributed as dist
+
+    monkeypatch.setattr(dist, "get_tp_group", lambda: SimpleNamespace(world_size=4, rank_in_group=3))
+    assert tp_sync.tp_world_size() == 4
+    assert tp_sync.tp_rank() == 3
+
+
 def test_broadcast_uses_rank_0_of_the_tp_group(monkeypatch):
     calls = []
-    group = SimpleNamespace(broadcast=lambda t, src: calls.append((t, src)) or t.fill_(7))
-    monkeypatch.setattr(tp_sync, "tp_world_size", lambda: 2)
+    group = SimpleNamespace(
+        world_size=2, rank_in_group=1, broadcast=lambda t, src: calls.append((t, src)) or t.fill_(7)
+    )
     import sglang.srt.distributed as dist
 
     monkeypatch.setattr(dist, "get_tp_group", lambda: group)

@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,6 +119,20 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextmanager
+def running(*servers: ServerProcess, timeout: float = 600.0) -> Iterator[tuple[ServerProcess, ...]]:
+    """Start all ``servers`` at once (their start-ups overlap), wait until each is ready, stop all on exit."""
+    try:
+        for server in servers:
+            server.start()
+        for server in servers:
+            server.wait_ready(timeout)
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
 
 
 def cpu_serve_args(model_path: str | Path, *, max_total_tokens: int = 8192) -> list[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sglang_dspark.copy_drafter import copy_drafter_config, write_copy_drafter
-from sglang_dspark.server_process import ServerProcess, cpu_serve_args, dspark_args
+from sglang_dspark.server_process import ServerProcess, cpu_serve_args, dspark_args, running
 from sglang_dspark.train.tiny_target import make_tiny_target
 
 
@@ -38,18 +38,10 @@ def servers(tiny_target, copy_drafter, server_logs):
     Small prefill chunks so that long prompts are prefilled in several chunks.
     """
     common = [*cpu_serve_args(tiny_target), "--chunked-prefill-size", str(CHUNKED_PREFILL_SIZE)]
-    plain = ServerProcess(common, server_logs / "plain.log").start()
-    spec = ServerProcess(
-        [*common, *dspark_args(copy_drafter), "--enable-metrics"],
-        server_logs / "dspark.log",
-    ).start()
-    try:
-        plain.wait_ready()
-        spec.wait_ready()
+    plain = ServerProcess(common, server_logs / "plain.log")
+    spec = ServerProcess([*common, *dspark_args(copy_drafter), "--enable-metrics"], server_logs / "dspark.log")
+    with running(plain, spec):
         yield plain, spec
-    finally:
-        plain.stop()
-        spec.stop()
 
 
 @pytest.fixture(scope="session")
@@ -73,8 +65,6 @@ def faulty_server(tiny_target, wrong_drafter, server_logs):
         [*cpu_serve_args(tiny_target), *dspark_args(wrong_drafter), "--enable-metrics"],
         server_logs / "faulty.log",
         env={"SGLANG_DSPARK_INJECT_DRAFT_FAULT": "3", "SGLANG_DSPARK_STOP_ON_COLLAPSE": "1"},
-    ).start()
-    try:
-        yield server.wait_ready()
-    finally:
-        server.stop()
+    )
+    with running(server):
+        yield server

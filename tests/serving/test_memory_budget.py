@@ -35,7 +35,7 @@ import pytest
 import requests
 from safetensors import safe_open
 
-from sglang_dspark.server_process import ServerProcess, dspark_args
+from sglang_dspark.server_process import ServerProcess, dspark_args, running
 from sglang_dspark.sglang.memory_budget import ENV as BUDGET_ENV
 from tests.serving.test_dspark_server import _dspark_state
 
@@ -93,13 +93,9 @@ def budget_servers(tiny_target, copy_drafter, server_logs):
     env = {BUDGET_ENV: str(BUDGET)}
     plain = ServerProcess(args, server_logs / "budget-plain.log", env=env)
     spec = ServerProcess([*args, *dspark_args(copy_drafter)], server_logs / "budget-dspark.log", env=env)
-    try:
-        plain.start().wait_ready()
-        spec.start().wait_ready()
+    # Each process's budget counts only its own tensors, so the two start-ups may overlap.
+    with running(plain, spec):
         yield plain, spec
-    finally:
-        spec.stop()
-        plain.stop()
 
 
 def test_dspark_pool_shrinks_by_the_drafter_share(budget_servers, tiny_target, copy_drafter):

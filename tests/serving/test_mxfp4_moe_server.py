@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from sglang_dspark.models.tiny_moe import TinyMoeSpec, write_tiny_moe_pair
-from sglang_dspark.server_process import ServerProcess, cpu_serve_args
+from sglang_dspark.server_process import ServerProcess, cpu_serve_args, running
 
 pytestmark = pytest.mark.slow
 
@@ -40,15 +40,10 @@ def checkpoints(tmp_path_factory):
 def moe_servers(checkpoints, tmp_path_factory):
     quantised, dequantised = checkpoints
     logs = tmp_path_factory.mktemp("tiny-moe-logs")
-    ours = ServerProcess([*cpu_serve_args(quantised), *RUNNER], logs / "mxfp4.log").start()
-    ref = ServerProcess(cpu_serve_args(dequantised), logs / "dequantised.log").start()
-    try:
-        ours.wait_ready()
-        ref.wait_ready()
+    ours = ServerProcess([*cpu_serve_args(quantised), *RUNNER], logs / "mxfp4.log")
+    ref = ServerProcess(cpu_serve_args(dequantised), logs / "dequantised.log")
+    with running(ours, ref):
         yield ours, ref
-    finally:
-        ours.stop()
-        ref.stop()
 
 
 @pytest.fixture(scope="module", params=[("2", "2"), ("2", "1")], ids=["tp2-ep2", "tp2-ep1"])
@@ -56,14 +51,9 @@ def two_rank_server(request, checkpoints, tmp_path_factory):
     tp, ep = request.param
     quantised, _ = checkpoints
     log = tmp_path_factory.mktemp("tiny-moe-ranks") / f"tp{tp}-ep{ep}.log"
-    server = ServerProcess(
-        [*cpu_serve_args(quantised), *RUNNER, "--tp-size", tp, "--ep-size", ep], log, env=TWO_RANKS
-    ).start()
-    try:
-        server.wait_ready()
+    server = ServerProcess([*cpu_serve_args(quantised), *RUNNER, "--tp-size", tp, "--ep-size", ep], log, env=TWO_RANKS)
+    with running(server):
         yield server
-    finally:
-        server.stop()
 
 
 def generate(server: ServerProcess, prompt: str, n: int = 16) -> dict:

@@ -8,15 +8,14 @@ a shared CPU) every later session only checks the manifest.
 from __future__ import annotations
 
 import pytest
-import torch
+
+from tests.torch_threads import one_torch_thread
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -22,16 +22,15 @@ from sglang_dspark.models.synthetic import (
     write_synthetic_deepspec_checkpoint,
 )
 
+from tests.torch_threads import one_torch_thread
+
 NUM_TARGET_LAYERS = 6
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _single_thread():
-    # Tiny matmuls on a shared 2-core box: intra-op threads only add contention.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with one_torch_thread():
+        yield
 
 
 def small_config(**overrides) -> DSparkConfig:

@@ -16,6 +16,7 @@ from torch import nn
 from sglang_dspark.algorithm.config import DSparkConfig, RopeScaling
 from sglang_dspark.models.deepspec_drafter import DeepSpecDrafter
 from sglang_dspark.models.synthetic import deepspec_config_dict, make_synthetic_target_modules
+from tests.torch_threads import one_torch_thread
 
 transformers = pytest.importorskip("transformers")
 from transformers import Qwen3Config  # noqa: E402
@@ -29,11 +30,8 @@ from transformers.models.qwen3.modeling_qwen3 import (  # noqa: E402
 
 @pytest.fixture(autouse=True, scope="module")
 def _single_thread():
-    # Tiny matmuls on a shared 2-core box: intra-op threads only add contention.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with one_torch_thread():
+        yield
 
 
 def _config(rope: RopeScaling) -> DSparkConfig:

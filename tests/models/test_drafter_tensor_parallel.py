@@ -19,13 +19,13 @@ from sglang_dspark.models.drafter_tensor_parallel import DrafterTPShard, shard_d
 from sglang_dspark.models.paged_context import PagedDrafterContext
 from sglang_dspark.models.synthetic import make_synthetic_target_modules, write_synthetic_deepspec_checkpoint
 
+from tests.torch_threads import one_torch_thread
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with one_torch_thread():
+        yield
 
 
 def config(heads: int = 4, kv: int = 2, inter: int = 48, bias: bool = False) -> DSparkConfig:

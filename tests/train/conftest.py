@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
+
+from tests.torch_threads import one_torch_thread
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_RECIPE = REPO / "recipes" / "tiny-drafter.json"
@@ -13,12 +14,8 @@ TINY_RECIPE = REPO / "recipes" / "tiny-drafter.json"
 
 @pytest.fixture(autouse=True, scope="session")
 def _single_thread():
-    # Tiny matmuls on a shared 2-core machine: one intra-op thread, and the
-    # determinism tests need the same thread count in every run anyway.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

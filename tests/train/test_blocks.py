@@ -16,13 +16,13 @@ from sglang_dspark.train.blocks import (
 )
 from sglang_dspark.train.export import init_drafter_weights
 
+from tests.torch_threads import one_torch_thread
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with one_torch_thread():
+        yield
 
 
 def small_config(**overrides) -> DSparkConfig:

@@ -11,11 +11,13 @@ from sglang_dspark import __version__
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every sub-command group attached."""
     from sglang_dspark.gpustack import cli as gpustack_cli
+    from sglang_dspark.models import download_command
 
     parser = argparse.ArgumentParser(prog="sglang-dspark", description="sglang-dspark tools")
     parser.add_argument("--version", action="version", version=f"sglang-dspark {__version__}")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{gpustack}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{gpustack,download}")
     gpustack_cli.add_parser(groups)
+    download_command.add_parser(groups)
     return parser
 
 

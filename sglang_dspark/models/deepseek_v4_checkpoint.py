@@ -29,10 +29,9 @@ from typing import Any
 import torch
 
 from sglang_dspark.algorithm.config import DSparkConfig
+from sglang_dspark.models.checkpoint_index import INDEX_FILE
 from sglang_dspark.models.fp8_block import dequantize_fp8_block
 from sglang_dspark.moe.expert_sharding import SHARD_IDS, ExpertShard, copy_expert_tensor
-
-INDEX_FILE = "model.safetensors.index.json"
 
 _EXPERT_WEIGHT_DTYPES = (torch.int8, torch.uint8)
 _SCALE_DTYPES = (torch.float8_e8m0fnu, torch.uint8)

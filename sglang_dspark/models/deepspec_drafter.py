@@ -48,6 +48,7 @@ from sglang_dspark.algorithm.config import DSparkConfig, DSparkConfigError, load
 from sglang_dspark.algorithm.confidence_head import ConfidenceHead
 from sglang_dspark.algorithm.markov_head import build_markov_head
 from sglang_dspark.algorithm.sampling import SamplingParams
+from sglang_dspark.models.checkpoint_index import INDEX_FILE, SINGLE_FILE
 from sglang_dspark.models.safetensors_header import (
     FLOAT_DTYPES,
     SafetensorsHeaderError,
@@ -598,7 +599,7 @@ def _weight_files(path: Path) -> dict[str, Path]:
     """Tensor name -> file, from an index or by listing a single file's header."""
     from safetensors import safe_open
 
-    index = path / "model.safetensors.index.json"
+    index = path / INDEX_FILE
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
@@ -612,7 +613,7 @@ def _weight_files(path: Path) -> dict[str, Path]:
                     "re-download the checkpoint."
                 )
         return files
-    single = path / "model.safetensors"
+    single = path / SINGLE_FILE
     candidates = [single] if single.is_file() else sorted(path.glob("*.safetensors"))
     if not candidates:
         raise DrafterCheckpointError(

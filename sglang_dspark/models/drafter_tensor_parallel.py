@@ -100,7 +100,7 @@ def shard_drafter(drafter: DeepSpecDrafter, shard: DrafterTPShard, all_reduce: A
     Must run before any context cache or pool is allocated: both are sized
     from the (now local) key-value head count. Returns ``drafter``.
     """
-    if shard.config is not drafter.config and shard.config != drafter.config:
+    if shard.config != drafter.config:
         raise ValueError("the shard was planned for another drafter config")
     d = drafter.config.head_dim
     for layer in drafter.layers:

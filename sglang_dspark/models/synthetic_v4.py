@@ -32,13 +32,12 @@ from pathlib import Path
 
 import torch
 
+from sglang_dspark.models.checkpoint_index import INDEX_FILE
 from sglang_dspark.models.fp8_block import quantize_fp8_block
 from sglang_dspark.models.synthetic import write_synthetic_v4_config
 from sglang_dspark.moe import mxfp4
 
 __all__ = ["V4Spec", "write_synthetic_v4_checkpoint", "INDEX_FILE"]
-
-INDEX_FILE = "model.safetensors.index.json"
 
 
 @dataclass(frozen=True)

@@ -49,36 +49,33 @@ def run(params, shard: ExpertShard, x, weights, ids) -> torch.Tensor:
     )
 
 
-@pytest.mark.parametrize("ep,tp", [(2, 1), (1, 2), (2, 2), (4, 1), (1, 4), (8, 1)])
-def test_rank_outputs_sum_to_the_full_moe(ep: int, tp: int) -> None:
+def assert_ranks_sum_to_full(ep: int, tp: int, tokens: int, intermediate: int = I, **shard_kwargs) -> None:
+    """Every (EP, TP) rank loads its part of one checkpoint; the sum of their outputs is the unsharded MoE's."""
     ckpt = checkpoint()
-    x, weights, ids = routing(tokens=7)
+    x, weights, ids = routing(tokens=tokens)
     full_shard = ExpertShard(E, H, I)
     full = run(load_rank(ckpt, full_shard), full_shard, x, weights, ids)
+    # Padded layers rely on zero-initialised parameters, as the quant method creates them.
+    fill = 0 if intermediate != I else 0xAB
     total = torch.zeros_like(full)
     for ep_rank in range(ep):
         for tp_rank in range(tp):
-            shard = ExpertShard(E, H, I, ep_size=ep, ep_rank=ep_rank, tp_size=tp, tp_rank=tp_rank)
-            total += run(load_rank(ckpt, shard), shard, x, weights, ids)
+            shard = ExpertShard(
+                E, H, intermediate, ep_size=ep, ep_rank=ep_rank, tp_size=tp, tp_rank=tp_rank, **shard_kwargs
+            )
+            total += run(load_rank(ckpt, shard, fill=fill), shard, x, weights, ids)
     torch.testing.assert_close(total, full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("ep,tp", [(2, 1), (1, 2), (2, 2), (4, 1), (1, 4), (8, 1)])
+def test_rank_outputs_sum_to_the_full_moe(ep: int, tp: int) -> None:
+    assert_ranks_sum_to_full(ep, tp, tokens=7)
 
 
 @pytest.mark.parametrize("ep,tp,padded", [(2, 1, 256), (1, 2, 256), (2, 2, 256), (1, 2, 192), (1, 4, 256), (2, 1, 160)])
 def test_padded_layers_compute_the_checkpoint_moe(ep: int, tp: int, padded: int) -> None:
     """SGLang's CPU TP padding: runner tensors wider than the checkpoint; zero tails, same output."""
-    ckpt = checkpoint()
-    x, weights, ids = routing(tokens=5)
-    full_shard = ExpertShard(E, H, I)
-    full = run(load_rank(ckpt, full_shard), full_shard, x, weights, ids)
-    total = torch.zeros_like(full)
-    for ep_rank in range(ep):
-        for tp_rank in range(tp):
-            shard = ExpertShard(
-                E, H, padded, ep_size=ep, ep_rank=ep_rank, tp_size=tp, tp_rank=tp_rank, checkpoint_intermediate_size=I
-            )
-            # Parameters start as zeros, as the quant method creates them.
-            total += run(load_rank(ckpt, shard, fill=0), shard, x, weights, ids)
-    torch.testing.assert_close(total, full, rtol=1e-5, atol=1e-5)
+    assert_ranks_sum_to_full(ep, tp, tokens=5, intermediate=padded, checkpoint_intermediate_size=I)
 
 
 def test_rank_entirely_in_the_padding_holds_zeros() -> None:

@@ -74,24 +74,26 @@ def format_table(report: dict) -> str:
     price = report.get("price_per_gpu_hour")
     rows = [
         "| server | conc. | status | out tok/s | vs none | per-user tok/s | TTFT p50 / p95 / p99 (ms) "
-        "| ITL p50 / p95 / p99 (ms) | accept len | verify tok/step | sched. overhead | $ / M out tok |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| ITL p50 / p95 / p99 (ms) | accept len | verify tok/step | plain steps | sched. overhead | $ / M out tok |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, server in report["servers"].items():
         if not server.get("levels"):
             rows.append(f"| {server['label']} | - | {server['status']}: {server.get('reason', '')} "
-                        "| - | - | - | - | - | - | - | - | - |")
+                        "| - | - | - | - | - | - | - | - | - | - |")
             continue
         for lvl in server["levels"]:
             b = lvl["bench"]
             d = lvl.get("dspark") or {}
             share = d.get("scheduling_overhead_share")
+            plain = d.get("plain_step_share")
             rows.append(
                 f"| {server['label']} | {lvl['concurrency']} | {server['status']} "
                 f"| {_fmt(b['output_throughput'])} | {_fmt(lvl.get('speedup_vs_none'), '.2f')}"
                 f"{'' if lvl.get('speedup_vs_none') is None else 'x'} | {_fmt(lvl['per_user_tok_s'])} "
                 f"| {_percentiles(b, 'ttft', '.0f')} | {_percentiles(b, 'itl', '.1f')} "
                 f"| {_fmt(accept_length_of(server, lvl))} | {_fmt(d.get('mean_verify_tokens_per_step'))} "
+                f"| {_fmt(None if plain is None else 100 * plain, '.0f')}{'' if plain is None else ' %'} "
                 f"| {_fmt(None if share is None else 100 * share, '.2f')}{'' if share is None else ' %'} "
                 f"| {_fmt(lvl['cost_per_million_output_tokens'], '.4g')} |"
             )
@@ -102,7 +104,8 @@ def format_table(report: dict) -> str:
         f"greedy, bench_serving seed {report['scenario']['seed']}.",
         "per-user tok/s = 1000 / mean TPOT; accept len = tokens committed per request per step; "
         "sched. overhead = DSPARK prefix scheduler + bookkeeping time / whole step time "
-        "(`sglang_dspark:overhead_seconds` / `step_seconds`). DSPARK figures are differences of the "
+        "(`sglang_dspark:overhead_seconds` / `step_seconds`); plain steps = share of request-steps "
+        "the speculation gate decoded without drafting because that measured faster. DSPARK figures are differences of the "
         "worker's histograms around each level; other speculative servers show bench_serving's "
         "`accept_length` (SGLang's running average since server start).",
     ]

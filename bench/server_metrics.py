@@ -27,6 +27,7 @@ INFO_COUNTERS = (
     "dspark_verify_seconds",
     "dspark_overhead_seconds",
     "dspark_step_seconds",
+    "dspark_plain_steps",
 )
 
 
@@ -198,6 +199,12 @@ def dspark_figures(before: Snapshot, after: Snapshot) -> dict | None:
     for key in INFO_COUNTERS:
         if key in after.info:
             out[key] = after.info[key] - before.info.get(key, 0)
+    steps = out.get("dspark_verify_steps")
+    if steps and "dspark_plain_steps" in out:
+        # Share of request-steps the speculation gate decoded plainly (no drafting).
+        out["plain_step_share"] = out["dspark_plain_steps"] / steps
+    if after.info.get("dspark_gate") is not None:
+        out["gate"] = after.info["dspark_gate"]
     return out
 
 

@@ -27,7 +27,7 @@ class AcceptanceGuardConfig:
     """
 
     threshold: float = 0.05
-    warmup_drafts: int = 256
+    warmup_drafts: int = 32
     halflife_drafts: float = 512.0
 
     def __post_init__(self) -> None:

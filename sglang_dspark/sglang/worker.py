@@ -2,11 +2,14 @@
 
 One decode step, per batch:
 
+0. ask the speculation gate whether this batch size currently commits more
+   tokens per second speculating or decoding plainly (measured, see
+   ``speculation_gate.py``); a plain step skips 1-2 and verifies no drafts;
 1. draft a block from each request's anchor (the last committed token, not
    yet in the KV cache) with the drafter, whose context K/V holds the target
    hidden states of every committed token (``PagedDrafterContext``);
 2. choose per-request verify lengths with the prefix scheduler (confidence
-   head x SPS table);
+   head, corrected online by measured acceptance, x SPS table);
 3. run one TARGET_VERIFY forward of the target over ``[anchor, drafts...]``;
 4. accept losslessly (``verify_block``) and write the accepted tokens' target
    hidden states into the drafter context.
@@ -40,6 +43,7 @@ from sglang.srt.speculative.draft_worker_common import make_draft_input_v2
 from sglang_dspark.algorithm.acceptance_guard import AcceptanceGuard
 from sglang_dspark.algorithm.block_drafting import DraftBlock
 from sglang_dspark.algorithm.calibration import StsCalibration
+from sglang_dspark.algorithm.confidence_corrector import ConfidenceCorrector, ConfidenceCorrectorConfig
 from sglang_dspark.algorithm.prefix_scheduler import schedule_prefixes
 from sglang_dspark.algorithm.sampling import SamplingParams, logits_to_probs, sample_from_probs
 from sglang_dspark.algorithm.seeded_noise import (
@@ -48,6 +52,7 @@ from sglang_dspark.algorithm.seeded_noise import (
     VERIFY_STREAM,
     uniforms_for_batch,
 )
+from sglang_dspark.algorithm.speculation_gate import Mode, SpeculationGate
 from sglang_dspark.algorithm.sps_table import SpsTable, default_sps_table
 from sglang_dspark.algorithm.verify import verify_block
 from sglang_dspark.models.deepspec_drafter import DeepSpecDrafter, load_deepspec_drafter
@@ -62,6 +67,8 @@ logger = logging.getLogger(__name__)
 
 #: Stop speculating for the rest of the server's life when acceptance collapses.
 STOP_ON_COLLAPSE_ENV = "SGLANG_DSPARK_STOP_ON_COLLAPSE"
+#: "0" turns off the adaptive parts (speculation gate, online confidence correction).
+ADAPTIVE_ENV = "SGLANG_DSPARK_ADAPTIVE"
 
 
 class _SharedWeight(nn.Module):
@@ -149,6 +156,7 @@ class StepStats:
     committed_tokens: int = 0
     verified_tokens: int = 0
     fallback_steps: int = 0
+    plain_steps: int = 0  # request-steps the speculation gate ran without drafting
     forward_rows: int = 0
     padded_rows: int = 0
     draft_seconds: float = 0.0
@@ -215,6 +223,11 @@ class DSparkWorker(BaseSpecWorker):
         self.acceptance_guard = AcceptanceGuard()
         self.stop_on_collapse = os.environ.get(STOP_ON_COLLAPSE_ENV, "0").lower() in ("1", "true", "yes")
         self._collapse_reported = False
+        adaptive = os.environ.get(ADAPTIVE_ENV, "1").lower() not in ("0", "false", "no")
+        self.gate = SpeculationGate() if adaptive else None
+        self.corrector = (
+            ConfidenceCorrector(ConfidenceCorrectorConfig(self.block_size), self.device) if adaptive else None
+        )
         self.stats = StepStats()
         self.metrics = None
         if getattr(server_args, "enable_metrics", False):
@@ -339,6 +352,9 @@ class DSparkWorker(BaseSpecWorker):
             "dspark_verify_seconds": s.verify_seconds,
             "dspark_verified_tokens": s.verified_tokens,
             "dspark_fallback_steps": s.fallback_steps,
+            "dspark_plain_steps": s.plain_steps,
+            "dspark_gate": None if self.gate is None else self.gate.summary(),
+            "dspark_confidence_scale": None if self.corrector is None else self.corrector.scale.tolist(),
             "dspark_speculating": self.speculating,
             "dspark_acceptance_rate": self.acceptance_guard.rate,
             "dspark_forward_rows": s.forward_rows,
@@ -502,6 +518,20 @@ class DSparkWorker(BaseSpecWorker):
                 self.stats.fallback_steps,
             )
 
+    def _choose_mode(self, batch_size: int) -> Mode:
+        """Speculate or decode plainly this step (the gate's choice, rank 0's under TP)."""
+        if not self.speculating:
+            return Mode.PLAIN
+        if self.gate is None:
+            return Mode.SPECULATE
+        mode = self.gate.choose(batch_size)
+        if tp_world_size() > 1:
+            # Ranks time their steps differently; all must run rank 0's mode (the drafter all-reduces).
+            flag = torch.tensor([mode is Mode.SPECULATE], dtype=torch.int64, device=self.device)
+            broadcast_from_first_rank(flag)
+            mode = Mode.SPECULATE if bool(flag.item()) else Mode.PLAIN
+        return mode
+
     def _watch_acceptance(self, *, accepted_drafts: int, verified: int) -> None:
         guard = self.acceptance_guard
         guard.update(accepted_drafts, verified)
@@ -534,15 +564,17 @@ class DSparkWorker(BaseSpecWorker):
         greedy = bool(sampling_info.is_all_greedy)
         seeds = None if greedy else self._request_seeds(batch)
 
+        mode = self._choose_mode(bs)
         t0 = time.perf_counter()
-        block = self._draft(batch, anchors, prefix, rows, sampling, seeds)
+        block = self._draft(batch, anchors, prefix, rows, sampling, seeds) if mode is Mode.SPECULATE else None
         t1 = time.perf_counter()
         if block is None:
             verify_lens = torch.zeros((bs,), dtype=torch.long, device=self.device)
         elif block.confidence is None:
             verify_lens = torch.full((bs,), self.block_size, dtype=torch.long, device=self.device)
         else:
-            verify_lens = schedule_prefixes(block.confidence, self.sps_table)
+            confidence = block.confidence if self.corrector is None else self.corrector.correct(block.confidence)
+            verify_lens = schedule_prefixes(confidence, self.sps_table)
         draft_tokens = anchors.new_zeros((bs, 0)) if block is None else block.tokens.contiguous()
         # One decision for all tensor-parallel ranks (rank 0's; identical inputs make them equal anyway).
         broadcast_from_first_rank(verify_lens, draft_tokens)
@@ -601,6 +633,8 @@ class DSparkWorker(BaseSpecWorker):
             accepted = result.num_accepted.contiguous()
             committed = result.tokens.contiguous()
             broadcast_from_first_rank(accepted, committed)
+            if self.corrector is not None and block is not None and block.confidence is not None:
+                self.corrector.update(block.confidence, verify_lens, accepted)
             keep = torch.arange(width, device=self.device)[None, :] <= accepted[:, None]
             hidden = layout.to_padded(logits_output.hidden_states)
             self._write_context(hidden[keep], cache_loc[keep], positions[keep])
@@ -621,6 +655,11 @@ class DSparkWorker(BaseSpecWorker):
         self.stats.add_timing(timing)
         self.stats.record_layout(layout)
         self.stats.record(accept_lens_cpu, verify_lens_cpu, self.block_size + 1)
+        if mode is Mode.PLAIN and self.speculating:
+            self.stats.plain_steps += bs
+        # A speculative step whose drafter failed measures neither mode.
+        if self.gate is not None and self.speculating and (mode is Mode.PLAIN or block is not None):
+            self.gate.record(bs, mode, sum(accept_lens_cpu), timing.total)
         if block is not None:
             self._watch_acceptance(accepted_drafts=sum(accept_lens_cpu) - bs, verified=sum(verify_lens_cpu))
         if self.metrics is not None:

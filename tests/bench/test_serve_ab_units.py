@@ -81,6 +81,16 @@ def test_dspark_figures_overhead_share_and_record_fallback():
     assert dspark_figures(Snapshot(), Snapshot()) is None
 
 
+def test_dspark_figures_plain_step_share_is_an_interval_difference():
+    gate = {"1": {"winner": "plain", "speculate_tokens_per_second": 3.0, "plain_tokens_per_second": 5.0}}
+    before = Snapshot({}, {"dspark_verify_steps": 100, "dspark_plain_steps": 40})
+    after = Snapshot({}, {"dspark_verify_steps": 300, "dspark_plain_steps": 190, "dspark_gate": gate})
+    figures = dspark_figures(before, after)
+    assert figures["dspark_plain_steps"] == 150 and figures["dspark_verify_steps"] == 200
+    assert figures["plain_step_share"] == pytest.approx(0.75)
+    assert figures["gate"] == gate
+
+
 def test_cost_per_million_tokens():
     # $2 per hour at 100 tok/s: 360,000 tokens per hour -> $5.556 per million.
     assert cost_per_million_tokens(2.0, 100.0) == pytest.approx(2.0 / 0.36)

@@ -1,0 +1,238 @@
+"""Speculate or decode plainly: a per-batch-size choice from measured step throughput.
+
+The prefix scheduler chooses verify lengths from the drafter's confidences, but
+the drafter's forward is paid before any of that, whatever lengths it picks.
+When blocks are rarely accepted (a weak drafter, text unlike its training
+data) or the batch is large enough that verifying extra tokens is no longer
+nearly free, plain decoding commits more tokens per second than speculation.
+
+The gate measures both modes where they run: committed tokens and seconds per
+step, as exponential moving averages for each batch-size bucket (1, 2, 3-4,
+5-8, ...). It runs the faster mode and probes the other one for a few steps
+at intervals that double while the verdict holds and that grow with the
+measured gap, so that a workload whose acceptance changes is noticed while a
+drafter that never pays costs a bounded share of the throughput
+(``probe_budget``).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+
+__all__ = ["Mode", "SpeculationGate", "SpeculationGateConfig", "batch_bucket"]
+
+
+class Mode(enum.Enum):
+    """How a decode step runs."""
+
+    SPECULATE = "speculate"
+    PLAIN = "plain"
+
+    @property
+    def other(self) -> "Mode":
+        return Mode.PLAIN if self is Mode.SPECULATE else Mode.SPECULATE
+
+
+@dataclass(frozen=True)
+class SpeculationGateConfig:
+    """When to measure which mode.
+
+    Attributes:
+        warmup_steps: measured speculative steps in a fresh bucket before
+            plain decoding is first tried there.
+        probe_steps: measured steps a probe of the losing mode lasts (plus
+            one settling step, see below).
+        min_probe_interval: winning-mode steps between probes after the
+            verdict changed.
+        max_probe_interval: bound on the interval, which doubles after each
+            probe that confirms the verdict and is at least what keeps the
+            probes' cost within ``probe_budget``.
+        probe_budget: share of the winner's throughput the probes may cost:
+            a loser measured at ``r`` times the winner's rate is probed every
+            ``(probe_steps + 1) * (1 / r - 1) / probe_budget`` steps or less often.
+        halflife_steps: steps of one mode over which its old measurements
+            lose half their weight.
+        margin: the losing mode takes over only when it is faster by this
+            fraction (hysteresis against timing noise).
+
+    The first step after a change of mode in a bucket is not measured: it
+    pays for the change (caches, first use of a shape), not for the mode.
+    A bucket seen for the first time takes the verdict and probe interval
+    of the nearest bucket already measured when that verdict must carry
+    over (plain decoding at a smaller batch, speculation at a larger one).
+    """
+
+    warmup_steps: int = 4
+    probe_steps: int = 3
+    min_probe_interval: int = 32
+    max_probe_interval: int = 512
+    probe_budget: float = 0.02
+    halflife_steps: float = 8.0
+    margin: float = 0.03
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 1 or self.probe_steps < 1:
+            raise ValueError("warmup_steps and probe_steps must be >= 1")
+        if not 1 <= self.min_probe_interval <= self.max_probe_interval:
+            raise ValueError(
+                f"need 1 <= min_probe_interval ({self.min_probe_interval}) <= "
+                f"max_probe_interval ({self.max_probe_interval})"
+            )
+        if not 0.0 < self.probe_budget < 1.0:
+            raise ValueError(f"probe_budget must be in (0, 1), got {self.probe_budget}")
+        if self.halflife_steps <= 0:
+            raise ValueError(f"halflife_steps must be > 0, got {self.halflife_steps}")
+        if not 0.0 <= self.margin < 1.0:
+            raise ValueError(f"margin must be in [0, 1), got {self.margin}")
+
+
+def batch_bucket(batch_size: int) -> int:
+    """Bucket index of a batch size: 0 for 1, 1 for 2, 2 for 3-4, 3 for 5-8, ..."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return math.ceil(math.log2(batch_size))
+
+
+@dataclass
+class _Throughput:
+    """Moving averages of committed tokens and seconds per step of one mode."""
+
+    tokens: float = 0.0
+    seconds: float = 0.0
+    steps: int = 0
+
+    def add(self, tokens: float, seconds: float, keep: float) -> None:
+        if self.steps == 0:
+            self.tokens, self.seconds = tokens, seconds
+        else:
+            self.tokens = keep * self.tokens + (1.0 - keep) * tokens
+            self.seconds = keep * self.seconds + (1.0 - keep) * seconds
+        self.steps += 1
+
+    @property
+    def rate(self) -> float:
+        """Committed tokens per second (0 before any step)."""
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Bucket:
+    measured: dict[Mode, _Throughput] = field(default_factory=lambda: {m: _Throughput() for m in Mode})
+    winner: Mode = Mode.SPECULATE
+    speculative_steps: int = 0  # measured, never reset: the warm-up counter
+    inherited: bool = False
+    probe_interval: int = 0
+    steps_since_probe: int = 0
+    probe_left: int = 0
+    last_mode: Mode | None = None
+
+
+class SpeculationGate:
+    """Chooses :class:`Mode` per decode step from measured throughput.
+
+    The caller asks :meth:`choose` before the step and reports it with
+    :meth:`record` afterwards (only when the step ran in the chosen mode:
+    a step whose drafter failed is neither mode's measurement)::
+
+        mode = gate.choose(batch_size)
+        ...                                   # run the step
+        gate.record(batch_size, mode, committed_tokens, seconds)
+    """
+
+    def __init__(self, config: SpeculationGateConfig | None = None) -> None:
+        self.config = config or SpeculationGateConfig()
+        self._keep = 0.5 ** (1.0 / self.config.halflife_steps)
+        self._buckets: dict[int, _Bucket] = {}
+        self.switches = 0
+
+    def _bucket(self, batch_size: int) -> _Bucket:
+        key = batch_bucket(batch_size)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = _Bucket(probe_interval=self.config.min_probe_interval)
+            if self._buckets:
+                near_key = min(self._buckets, key=lambda k: (abs(k - key), k))
+                near = self._buckets[near_key]
+                # Verifying costs more as the batch grows, so speculation only gets relatively
+                # worse with batch size: a neighbour's verdict carries over when it is plain
+                # decoding at a smaller batch or speculation at a larger one; otherwise the
+                # bucket is measured from scratch.
+                if (near.winner is Mode.PLAIN) == (near_key < key):
+                    bucket.winner, bucket.probe_interval = near.winner, near.probe_interval
+                    bucket.inherited = True
+            self._buckets[key] = bucket
+        return bucket
+
+    def choose(self, batch_size: int) -> Mode:
+        """The mode the next step of this batch size should run in."""
+        b = self._bucket(batch_size)
+        loser = b.winner.other
+        if b.probe_left > 0:
+            return loser
+        if not b.inherited and b.winner is Mode.SPECULATE and b.speculative_steps < self.config.warmup_steps:
+            return Mode.SPECULATE
+        if (not b.inherited and b.measured[loser].steps == 0) or b.steps_since_probe >= b.probe_interval:
+            # The loser's old figures are stale by now: the probe measures it afresh.
+            b.measured[loser] = _Throughput()
+            b.probe_left = self.config.probe_steps
+            return loser
+        return b.winner
+
+    def record(self, batch_size: int, mode: Mode, committed_tokens: float, seconds: float) -> None:
+        """Report a step that ran in ``mode``: tokens it committed and seconds it took."""
+        if committed_tokens < 0 or seconds < 0:
+            raise ValueError(f"committed_tokens ({committed_tokens}) and seconds ({seconds}) must be >= 0")
+        b = self._bucket(batch_size)
+        settling, b.last_mode = mode is not b.last_mode, mode
+        if mode is b.winner:
+            b.steps_since_probe += 1
+        if settling:
+            return
+        b.measured[mode].add(committed_tokens, seconds, self._keep)
+        b.speculative_steps += mode is Mode.SPECULATE
+        if mode is b.winner:
+            # A winner that slowed down below the other's last measurement loses at once.
+            if b.measured[mode.other].steps and self._beats(b, mode.other):
+                self._switch(b, mode.other)
+            return
+        if b.probe_left > 0:
+            b.probe_left -= 1
+            if b.probe_left == 0:
+                self._end_probe(b, mode)
+
+    def _end_probe(self, b: _Bucket, challenger: Mode) -> None:
+        if self._beats(b, challenger):
+            self._switch(b, challenger)
+            return
+        winner_rate = b.measured[b.winner].rate
+        ratio = b.measured[challenger].rate / winner_rate if winner_rate > 0 else 1.0
+        cfg = self.config
+        affordable = (cfg.probe_steps + 1) * max(0.0, 1.0 / max(ratio, 1e-6) - 1.0) / cfg.probe_budget
+        b.probe_interval = int(min(max(2 * b.probe_interval, affordable), cfg.max_probe_interval))
+        b.steps_since_probe = 0
+
+    def _beats(self, b: _Bucket, challenger: Mode) -> bool:
+        return b.measured[challenger].rate > (1.0 + self.config.margin) * b.measured[challenger.other].rate
+
+    def _switch(self, b: _Bucket, winner: Mode) -> None:
+        b.winner = winner
+        b.probe_interval = self.config.min_probe_interval
+        b.steps_since_probe = 0
+        b.probe_left = 0
+        self.switches += 1
+
+    def summary(self) -> dict[str, dict[str, float | str | int]]:
+        """Per bucket (labelled by its batch sizes): winner and measured tokens/s per mode."""
+        out: dict[str, dict[str, float | str | int]] = {}
+        for key in sorted(self._buckets):
+            b = self._buckets[key]
+            lo, hi = (1, 1) if key == 0 else (2 ** (key - 1) + 1, 2**key)
+            label = str(hi) if lo == hi else f"{lo}-{hi}"
+            out[label] = {
+                "winner": b.winner.value,
+                **{f"{m.value}_tokens_per_second": b.measured[m].rate for m in Mode},
+                **{f"{m.value}_steps": b.measured[m].steps for m in Mode},
+            }
+        return out

@@ -12,6 +12,7 @@ extend, and restores the batch.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 TARGET = "sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend.forward_extend"
 
@@ -19,10 +20,12 @@ TARGET = "sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBacken
 def forward_extend_with_verify(orig, self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
     """AROUND hook: run TARGET_VERIFY batches as a causal extend over the chain.
 
-    A batch verifying one token per request (no drafts: the speculation gate
-    chose plain decoding, or the drafter failed) runs SGLang's decode path
-    instead: ``torch_native``'s extend attends with a query padded to the
-    whole sequence, i.e. quadratic in the prefix, where decode is linear.
+    ``torch_native``'s extend attends with a query padded to the whole
+    sequence, quadratic in the prefix; verification computes only the chain's
+    rows instead (:func:`chain_attention`), and a batch verifying one token
+    per request (no drafts: the speculation gate chose plain decoding, or the
+    drafter failed) runs SGLang's own decode path. Cross attention and
+    sliding-window layers keep the extend path.
     """
     if not forward_batch.forward_mode.is_target_verify():
         return orig(self, q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs)
@@ -33,7 +36,9 @@ def forward_extend_with_verify(orig, self, q, k, v, layer, forward_batch, save_k
         counts = layout.verify_lens.to(device=prefix.device, dtype=prefix.dtype)
     else:
         counts = torch.full_like(prefix, int(spec_info.draft_token_num))
-    if q.shape[0] == prefix.shape[0] and not layer.is_cross_attention:
+    if layer.is_cross_attention or _sliding_window(layer) is not None:
+        return _as_extend(orig, self, q, k, v, layer, forward_batch, prefix, counts, save_kv_cache, **kwargs)
+    if q.shape[0] == prefix.shape[0]:
         # One query row per request: every count is 1.
         saved_seq_lens = forward_batch.seq_lens
         forward_batch.seq_lens = prefix + 1
@@ -41,6 +46,74 @@ def forward_extend_with_verify(orig, self, q, k, v, layer, forward_batch, save_k
             return self.forward_decode(q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache)
         finally:
             forward_batch.seq_lens = saved_seq_lens
+    from sglang.srt.mem_cache.memory_pool import KVWriteLoc
+
+    if save_kv_cache and k is not None and v is not None:
+        self.token_to_kv_pool.set_kv_buffer(layer, KVWriteLoc(forward_batch.out_cache_loc, self.swa_out_cache_loc), k, v)
+    out = chain_attention(
+        q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim),
+        self.token_to_kv_pool.get_key_buffer(layer.layer_id),
+        self.token_to_kv_pool.get_value_buffer(layer.layer_id),
+        self.req_to_token_pool.req_to_token,
+        forward_batch.req_pool_indices,
+        prefix,
+        counts,
+        scaling=layer.scaling,
+    )
+    return out.reshape(q.shape[0], layer.tp_q_head_num * layer.v_head_dim)
+
+
+def _sliding_window(layer) -> int | None:
+    size = getattr(layer, "sliding_window_size", None)
+    return size if size is not None and size > -1 else None
+
+
+def chain_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    req_to_token: torch.Tensor,
+    req_pool_indices: torch.Tensor,
+    prefix_lens: torch.Tensor,
+    counts: torch.Tensor,
+    *,
+    scaling: float | None = None,
+) -> torch.Tensor:
+    """Causal attention of each request's verify chain over its prefix and the chain itself.
+
+    Args:
+        q: ``[sum(counts), Hq, D]`` query rows, request after request.
+        k_cache, v_cache: ``[slots, Hkv, D]`` (``Dv`` for values), the chain's
+            own K/V already written.
+        req_to_token: ``[requests, max_len]`` slot of each position.
+        req_pool_indices, prefix_lens, counts: ``[B]`` request row, committed
+            length, chain length.
+
+    Returns:
+        ``[sum(counts), Hq, Dv]``: row ``i`` of a chain attends to positions
+        ``0 .. prefix + i``. Only ``counts`` query rows per request are
+        computed (``torch_native``'s extend computes ``prefix + count``).
+    """
+    out = q.new_empty((q.shape[0], q.shape[1], v_cache.shape[-1]))
+    gqa = q.shape[1] != k_cache.shape[1]
+    start = 0
+    for row, prefix, count in zip(req_pool_indices.tolist(), prefix_lens.tolist(), counts.tolist()):
+        total = prefix + count
+        slots = req_to_token[row, :total]
+        key = k_cache[slots].movedim(0, 1).to(q.dtype)
+        value = v_cache[slots].movedim(0, 1).to(q.dtype)
+        query = q[start : start + count].movedim(0, 1)
+        # Row i sees keys 0 .. prefix + i.
+        mask = torch.arange(total, device=q.device)[None, :] <= (prefix + torch.arange(count, device=q.device))[:, None]
+        out[start : start + count] = F.scaled_dot_product_attention(
+            query[None], key[None], value[None], attn_mask=mask, scale=scaling, enable_gqa=gqa
+        )[0].movedim(1, 0)
+        start += count
+    return out
+
+
+def _as_extend(orig, self, q, k, v, layer, forward_batch, prefix, counts, save_kv_cache, **kwargs):
+    """torch_native's own extend over the chain (cross attention, sliding windows)."""
     saved = (forward_batch.seq_lens, forward_batch.extend_prefix_lens, forward_batch.extend_seq_lens)
     forward_batch.extend_prefix_lens = prefix
     forward_batch.extend_seq_lens = counts

@@ -38,7 +38,7 @@ drafter: install
 		--out $(DRAFTER_RUN) --seed 0 --resume
 	$(PY) -m sglang_dspark.train.ship --run $(DRAFTER_RUN) --target $(SMOLLM2_DIR) \
 		--dest sglang_dspark/drafters/smollm2-135m \
-		--eval tests/data/eval_chat.jsonl --eval tests/data/eval_code.jsonl
+		--eval tests/data/eval_chat.jsonl --eval tests/data/eval_code.jsonl --eval-max-new-tokens 32
 
 clean-venv:
 	rm -rf $(VENV)

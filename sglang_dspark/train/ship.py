@@ -8,9 +8,11 @@ takes ``RUN/drafter`` as the trainer left it (``config.json``,
 (the loader's fit checks), measures offline greedy acceptance on the floor
 prompt set and writes ``metadata.json``. Its ``floor`` entry is what the
 shipped-drafter test re-measures: the same prompts and budgets, and a
-minimum of the measured mean accepted length less ``margin`` (greedy
-decoding is deterministic up to floating-point ties between thread counts
-and machines, which the margin absorbs). ``--eval FILE`` adds full-length
+minimum of the measured mean accepted length less ``margin``, but never
+less than half the measured gain over 1 (greedy decoding is deterministic up
+to floating-point ties between thread counts and machines, which the margin
+absorbs; the half-gain bound keeps a weak drafter's floor above 1, the
+length every step reaches without any accepted draft). ``--eval FILE`` adds full-length
 figures on more prompt files for the record.
 """
 
@@ -32,6 +34,7 @@ __all__ = [
     "FloorSpec",
     "SIZE_LIMIT_BYTES",
     "ShipError",
+    "acceptance_floor",
     "measure_acceptance",
     "ship_drafter",
 ]
@@ -54,7 +57,8 @@ class FloorSpec:
         prompts: prompt file, relative to the repository root.
         num_prompts: first N prompts.
         max_new_tokens: generation budget per prompt.
-        margin: floor = measured mean accepted length - margin (at least 1).
+        margin: floor = measured mean accepted length - margin, and at least
+            1 + half the measured gain (see :func:`acceptance_floor`).
     """
 
     prompts: str = "tests/data/eval_chat.jsonl"
@@ -87,6 +91,11 @@ def measure_acceptance(
     return evaluate_offline(
         target, tokenizer, drafter, rows, max_new_tokens=max_new_tokens, progress=progress
     )
+
+
+def acceptance_floor(measured: float, margin: float) -> float:
+    """``measured - margin``, but at least ``1 + (measured - 1) / 2``: above 1 whenever drafts were accepted."""
+    return round(max(measured - margin, 1.0 + max(0.0, measured - 1.0) / 2), 4)
 
 
 def _size(directory: Path) -> int:
@@ -164,7 +173,7 @@ def ship_drafter(
                 "temperature": 0.0,
                 "torch_threads": torch.get_num_threads(),
                 "measured_mean_accept_length": mean,
-                "min_mean_accept_length": round(max(1.0, mean - floor.margin), 4),
+                "min_mean_accept_length": acceptance_floor(mean, floor.margin),
             },
             "eval": evals,
         }

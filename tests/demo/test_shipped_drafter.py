@@ -24,7 +24,8 @@ def test_shipped_drafter_is_small_and_complete():
     assert {"config.json", "model.safetensors", "sts_calibration.json", "recipe.json"} <= {
         p.name for p in files}
     assert sum(p.stat().st_size for p in files) <= SIZE_LIMIT_BYTES
-    assert meta["floor"]["min_mean_accept_length"] >= 1.0
+    # Above 1: a floor of 1 holds for a drafter whose drafts are never accepted.
+    assert meta["floor"]["min_mean_accept_length"] > 1.0
 
 
 def test_shipped_drafter_keeps_its_acceptance_floor(smollm2_dir):

@@ -17,7 +17,7 @@ from sglang_dspark.models.safetensors_header import SafetensorsHeaderError, read
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
-__all__ = ["CheckpointIndexError", "IndexSummary", "check_checkpoint_index"]
+__all__ = ["CheckpointIndexError", "IndexSummary", "check_checkpoint_index", "read_weight_map"]
 
 
 class CheckpointIndexError(ValueError):
@@ -34,14 +34,24 @@ class IndexSummary:
     total_bytes: int
 
 
-def _index(root: Path) -> dict[str, str]:
+def read_weight_map(directory: str | Path) -> dict[str, str]:
+    """Tensor name -> shard file name, from ``model.safetensors.index.json``.
+
+    A directory with only ``model.safetensors`` maps every tensor in its header
+    to it. Raises :class:`CheckpointIndexError` naming the file when there is
+    neither, or when the index is not JSON with a non-empty ``weight_map``.
+    """
+    root = Path(directory)
     index_path = root / INDEX_FILE
     if not index_path.is_file():
         if (root / SINGLE_FILE).is_file():
-            return {name: SINGLE_FILE for name in read_safetensors_header(root / SINGLE_FILE)}
+            try:
+                return {name: SINGLE_FILE for name in read_safetensors_header(root / SINGLE_FILE)}
+            except SafetensorsHeaderError as e:
+                raise CheckpointIndexError(f"{root / SINGLE_FILE}: {e}") from None
         raise CheckpointIndexError(f"{root} has neither {INDEX_FILE} nor {SINGLE_FILE}")
     try:
-        weight_map = json.loads(index_path.read_text()).get("weight_map")
+        weight_map = json.loads(index_path.read_text(encoding="utf-8")).get("weight_map")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
         raise CheckpointIndexError(f"{index_path} is not a JSON object with a weight_map ({e})") from None
     if not isinstance(weight_map, dict) or not weight_map:
@@ -57,7 +67,7 @@ def check_checkpoint_index(directory: str | Path) -> IndexSummary:
     root = Path(directory)
     if not (root / "config.json").is_file():
         raise CheckpointIndexError(f"{root / 'config.json'} is missing")
-    weight_map = _index(root)
+    weight_map = read_weight_map(root)
     by_shard: dict[str, list[str]] = {}
     for name, shard in weight_map.items():
         by_shard.setdefault(shard, []).append(name)

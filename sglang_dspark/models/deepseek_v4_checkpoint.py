@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from sglang_dspark.algorithm.config import DSparkConfig
-from sglang_dspark.models.checkpoint_index import INDEX_FILE
+from sglang_dspark.models.checkpoint_index import INDEX_FILE, CheckpointIndexError, read_weight_map
 from sglang_dspark.models.fp8_block import dequantize_fp8_block
 from sglang_dspark.moe.expert_sharding import SHARD_IDS, ExpertShard, copy_expert_tensor
 
@@ -65,10 +65,11 @@ class V4Checkpoint:
             if not (root / name).is_file():
                 raise CheckpointError(f"{root / name} is missing")
         config = json.loads((root / "config.json").read_text())
-        index = json.loads((root / INDEX_FILE).read_text())
-        if not isinstance(index.get("weight_map"), dict):
-            raise CheckpointError(f"{root / INDEX_FILE} has no weight_map")
-        return cls(root, config, index["weight_map"])
+        try:
+            weight_map = read_weight_map(root)
+        except CheckpointIndexError as e:
+            raise CheckpointError(str(e)) from None
+        return cls(root, config, weight_map)
 
     @property
     def num_layers(self) -> int:

@@ -33,7 +33,6 @@ cached. Forward passes keep autograd (wrap serving calls in
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +47,7 @@ from sglang_dspark.algorithm.config import DSparkConfig, DSparkConfigError, load
 from sglang_dspark.algorithm.confidence_head import ConfidenceHead
 from sglang_dspark.algorithm.markov_head import build_markov_head
 from sglang_dspark.algorithm.sampling import SamplingParams
-from sglang_dspark.models.checkpoint_index import INDEX_FILE, SINGLE_FILE
+from sglang_dspark.models.checkpoint_index import INDEX_FILE, SINGLE_FILE, CheckpointIndexError, read_weight_map
 from sglang_dspark.models.safetensors_header import (
     FLOAT_DTYPES,
     SafetensorsHeaderError,
@@ -602,9 +601,9 @@ def _weight_files(path: Path) -> dict[str, Path]:
     index = path / INDEX_FILE
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise DrafterCheckpointError(f"{index}: malformed safetensors index ({exc}).") from exc
+            weight_map = read_weight_map(path)
+        except CheckpointIndexError as exc:
+            raise DrafterCheckpointError(f"malformed safetensors index: {exc}.") from exc
         files = {name: path / fname for name, fname in weight_map.items()}
         for shard in sorted(set(files.values())):
             if not shard.is_file():

@@ -135,3 +135,9 @@ def test_missing_tensor_wrong_dtype_and_missing_shard_name_file_and_tensor(broke
     (broken / ck.shard_of("mtp.1.attn_norm.weight")).unlink()
     with pytest.raises(CheckpointError, match="lists shard\\(s\\) that do not exist"):
         V4Checkpoint.open(broken)
+
+
+def test_malformed_index_names_the_file(broken) -> None:
+    (broken / "model.safetensors.index.json").write_text('{"metadata": {}}')
+    with pytest.raises(CheckpointError, match=r"model\.safetensors\.index\.json has no weight_map"):
+        V4Checkpoint.open(broken)

@@ -278,6 +278,19 @@ def test_missing_shard_file(target, tmp_path):
         load(path, target)
 
 
+@pytest.mark.parametrize(
+    ("index_text", "message"),
+    [("{not json", "is not a JSON object"), ('{"weight_map": {}}', "has no weight_map"), ("[]", "is not a JSON object")],
+)
+def test_malformed_index(target, tmp_path, index_text, message):
+    path = write_synthetic_deepspec_checkpoint(
+        tmp_path / "ck", small_config(), seed=0, num_shards=2, target_modules=target
+    )
+    (path / "model.safetensors.index.json").write_text(index_text)
+    with pytest.raises(DrafterCheckpointError, match=rf"malformed safetensors index: .*index\.json {message}"):
+        load(path, target)
+
+
 def test_no_weights(tmp_path, target):
     (tmp_path / "config.json").write_text(json.dumps(deepspec_config_dict(small_config())))
     with pytest.raises(DrafterCheckpointError, match="no model.safetensors"):

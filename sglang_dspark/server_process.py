@@ -34,6 +34,29 @@ def sglang_command() -> list[str]:
     return [str(exe), "serve"] if exe.exists() else [sys.executable, "-m", "sglang.cli.main", "serve"]
 
 
+
+def stop_process_group(proc: subprocess.Popen | None, *, term_timeout: float, kill_timeout: float) -> None:
+    """SIGTERM ``proc``'s process group, SIGKILL it after ``term_timeout`` s; never raises.
+
+    Logs, rather than raises, when the group is still not reaped ``kill_timeout`` s after SIGKILL.
+    """
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=term_timeout)
+        return
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=kill_timeout)
+    except subprocess.TimeoutExpired:
+        logger.warning("process group %d still not reaped %.0f s after SIGKILL", proc.pid, kill_timeout)
+
 @dataclass
 class ServerProcess:
     """One ``sglang serve`` process on 127.0.0.1 with its log file."""
@@ -97,22 +120,7 @@ class ServerProcess:
         (SGLang's own shutdown waits up to 60 s for its children); a teardown
         must not fail the test it belongs to because of that.
         """
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=20)
-            return
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            self.proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            logger.warning("sglang serve (pid %d) still not reaped 90 s after SIGKILL", self.proc.pid)
+        stop_process_group(self.proc, term_timeout=20, kill_timeout=90)
 
     def __enter__(self) -> "ServerProcess":
         return self.start().wait_ready()

@@ -39,6 +39,12 @@ SGLang helpers that are broken on a CPU without AMX whatever sgl-kernel holds:
 * ``moe_forward_native`` (the CPU MoE without AMX) fails under ``--ep-size > 1``
   with "index -1 is out of bounds": the dispatcher marks experts of other ranks
   -1. The wrapper computes only this rank's experts.
+* ``get_masked_input_and_mask`` (``VocabParallelEmbedding`` at ``--tp-size > 1``)
+  is ``torch.compile``-d with inductor. On CPU that compiles C++ with gcc in
+  every rank on the first request: 19 s of a 43 s two-rank start on an idle
+  2-core machine (one rank starts in 21 s), and minutes on a loaded one, for
+  six element-wise ops on a few token ids. CPU tensors run the same function
+  eagerly; other devices keep the compiled one.
 
 Deliberately absent: ops SGLang probes with ``hasattr`` to choose a code path
 (``convert_weight_packed`` switches the whole AMX backend on;
@@ -328,6 +334,14 @@ def _cpu_tensor_fallback(fallback: Callable) -> Callable[[Callable], Callable]:
     return lambda original: _cpu_dispatch(original, fallback)
 
 
+def eager_on_cpu(compiled: Callable) -> Callable:
+    """Wrap a ``torch.compile``-d function so that CPU tensors call the uncompiled original."""
+    eager = getattr(compiled, "_torchdynamo_orig_callable", None) or getattr(compiled, "__wrapped__", None)
+    if eager is None:
+        return compiled
+    return _cpu_dispatch(compiled, eager)
+
+
 # (module, attribute, wrapper factory, import the module if it is not loaded yet).
 # The gate helpers are patched where they are defined (so model modules imported
 # later bind the wrapper) and in qwen2_moe if it already bound them.
@@ -341,6 +355,7 @@ _FALLBACK_PATCHES = (
     ("sglang.srt.models.qwen2_moe", "fused_gate_sigmoid_mul_add",
      _cpu_tensor_fallback(fused_gate_sigmoid_mul_add_torch), False),
     ("sglang.srt.layers.moe.fused_moe_native", "moe_forward_native", ep_safe_moe_forward_native, True),
+    ("sglang.srt.layers.vocab_parallel_embedding", "get_masked_input_and_mask", eager_on_cpu, True),
 )
 _FALLBACK_MODULES = tuple(dict.fromkeys(m for m, _, _, _ in _FALLBACK_PATCHES))
 
@@ -362,6 +377,8 @@ def install_cpu_fallbacks() -> list[str]:
     * ``fused_gate_sigmoid_mul[_add]`` (Triton only; Qwen2-MoE's shared-expert
       gate without AMX): CPU tensors take a torch path, others the original.
     * ``moe_forward_native`` (the CPU MoE without AMX): expert-parallel -1 ids.
+    * ``get_masked_input_and_mask`` (vocab-parallel embedding at TP > 1):
+      eager on CPU instead of an inductor compile at the first request.
 
     Idempotent; call it in every SGLang process (the plugin's load hook).
     """

@@ -279,6 +279,26 @@ def test_install_cpu_fallbacks_wraps_and_dispatches(restore_fallback_targets):
     torch.testing.assert_close(out, torch.sigmoid(h @ w)[:, None] * shared)
 
 
+def test_vocab_mask_runs_eagerly_on_cpu(restore_fallback_targets):
+    """TP > 1 embedding masking: no inductor compile on CPU (19 s of a 43 s two-rank start), same values."""
+    from torch._dynamo.utils import counters
+
+    from sglang.srt.layers import vocab_parallel_embedding as vpe
+
+    from sglang_dspark.sglang.cpu_ops import install_cpu_fallbacks
+
+    compiled = vpe.get_masked_input_and_mask
+    assert "sglang.srt.layers.vocab_parallel_embedding.get_masked_input_and_mask" in install_cpu_fallbacks()
+    assert vpe.get_masked_input_and_mask.__wrapped__ is compiled
+    ids = torch.tensor([0, 5, 9, 10, 17, 3])
+    frames = counters["frames"]["total"]
+    # Rank 1 of 2 over a 20-token vocabulary without added tokens: ids 10..19 are local.
+    masked, outside = vpe.get_masked_input_and_mask(ids, 10, 20, 0, 20, 20)
+    assert counters["frames"]["total"] == frames, "dynamo traced the CPU call"
+    assert masked.tolist() == [0, 0, 0, 0, 7, 0]
+    assert outside.tolist() == [True, True, True, False, False, True]
+
+
 @pytest.mark.parametrize("ep_size", [2, 4])
 def test_ep_safe_moe_forward_native_sums_to_the_full_moe(ep_size):
     """Each EP rank's partial (its experts only, others -1) adds up to the unsharded MoE."""

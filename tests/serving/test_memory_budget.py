@@ -35,7 +35,7 @@ import pytest
 import requests
 from safetensors import safe_open
 
-from sglang_dspark.server_process import ServerProcess, dspark_args, running
+from sglang_dspark.server_process import SLEEP_ON_IDLE, ServerProcess, dspark_args, running
 from sglang_dspark.sglang.memory_budget import ENV as BUDGET_ENV
 from tests.serving.test_dspark_server import _dspark_state
 
@@ -89,6 +89,7 @@ def budget_servers(tiny_target, copy_drafter, server_logs):
         "--mem-fraction-static", str(MEM_FRACTION),
         "--max-running-requests", str(MAX_RUNNING),
         "--decode-log-interval", "1",
+        SLEEP_ON_IDLE,
     ]
     env = {BUDGET_ENV: str(BUDGET)}
     plain = ServerProcess(args, server_logs / "budget-plain.log", env=env)

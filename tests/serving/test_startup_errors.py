@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sglang_dspark.server_process import ServerProcess, cpu_serve_args, dspark_args
+from sglang_dspark.server_process import CPU_ENV, ServerProcess, cpu_serve_args, dspark_args
+from sglang_dspark.sglang.arg_resolution import resolve_in_subprocess
 from sglang_dspark.sglang.server_args import DSparkArgumentError, check_dspark_args
 
 
@@ -118,10 +119,10 @@ def test_sts_length_must_match_block(tiny_target, copy_drafter, tmp_path):
         _check(tiny_target, copy_drafter, sts_path=str(path))
 
 
-@pytest.mark.slow
-def test_servers_exit_before_loading_weights(tiny_target, copy_drafter, bad_drafters, server_logs):
+def startup_cases(tiny_target: Path, copy_drafter: Path, bad_drafters: dict[str, Path]) -> dict:
+    """name -> (``sglang serve`` arguments, text the error must contain)."""
     base = [*cpu_serve_args(tiny_target)]
-    cases = {
+    return {
         "block-size": ([*base, *dspark_args(copy_drafter), "--speculative-dspark-block-size", "6"],
                        "--speculative-dspark-block-size 6"),
         "topk": ([*base, *dspark_args(copy_drafter), "--speculative-eagle-topk", "2"],
@@ -133,14 +134,39 @@ def test_servers_exit_before_loading_weights(tiny_target, copy_drafter, bad_draf
         "attention": ([*base, *dspark_args(copy_drafter), "--attention-backend", "triton"],
                       "--attention-backend triton"),
         "no-drafter": ([*base, *dspark_args()], "--speculative-draft-model-path is required"),
+        "tp-size": ([*base, "--tp-size", "3"], "--tp-size 3 does not divide the model's 4 attention heads"),
     }
+
+
+# One real `sglang serve` per kind of start-up error: a flag, a drafter that does not
+# fit the target, a damaged drafter checkpoint, a missing drafter, a parallel size.
+# Every case (these included) also goes through SGLang's resolution in process below.
+END_TO_END = ("block-size", "vocab", "truncated", "no-drafter", "tp-size")
+
+
+@pytest.mark.slow
+def test_argument_resolution_refuses_every_case(tiny_target, copy_drafter, bad_drafters):
+    """SGLang's own resolution (plugin hooks loaded, as `sglang serve` runs it) in one process."""
+    cases = startup_cases(tiny_target, copy_drafter, bad_drafters)
+    valid = [*cpu_serve_args(tiny_target), *dspark_args(copy_drafter)]
+    results = resolve_in_subprocess({"valid": valid, **{name: args for name, (args, _) in cases.items()}}, env=CPU_ENV)
+    assert results.pop("valid").ok
+    for name, (_, message) in cases.items():
+        assert not results[name].ok, name
+        assert message in results[name].message, (name, results[name])
+
+
+@pytest.mark.slow
+def test_servers_exit_before_loading_weights(tiny_target, copy_drafter, bad_drafters, server_logs):
+    cases = startup_cases(tiny_target, copy_drafter, bad_drafters)
 
     def run(name):
         args, message = cases[name]
+        env = {"SGLANG_CPU_OMP_THREADS_BIND": "0|1|0"} if name == "tp-size" else {}
         # One retry: on a loaded CI box a process once stalled in its imports for
         # 300 s before reaching argument resolution (its log held two lines).
         for attempt in range(2):
-            server = ServerProcess(args, server_logs / f"startup-{name}-{attempt}.log").start()
+            server = ServerProcess(args, server_logs / f"startup-{name}-{attempt}.log", env=env).start()
             try:
                 code = server.wait_exit(timeout=300)
                 break
@@ -150,7 +176,7 @@ def test_servers_exit_before_loading_weights(tiny_target, copy_drafter, bad_draf
         return name, code, server.log_path.read_text(errors="replace"), message
 
     with cf.ThreadPoolExecutor(3) as ex:
-        for name, code, log, message in ex.map(run, cases):
+        for name, code, log, message in ex.map(run, END_TO_END):
             assert code != 0, name
             assert message in log, (name, log[-2000:])
             assert "Load weight begin" not in log, name

@@ -1,10 +1,10 @@
 """Tensor parallelism on CPU: two scheduler ranks (gloo collectives), real server processes.
 
-One server start per configuration: the tiny Llama target at ``--tp-size 1``
-without speculation (the reference) and at ``--tp-size 2`` with DSPARK and the
+The tiny Llama target at ``--tp-size 1`` without speculation (the session's
+plain server, the reference) and at ``--tp-size 2`` with DSPARK and the
 copy drafter (its layers split over the two ranks); greedy output must be
-identical, and each rank's drafter KV must be the half SGLang budgets. A ``--tp-size`` that does not
-divide the attention heads must fail during argument resolution, naming the flag.
+identical, and each rank's drafter KV must be the half SGLang budgets. (A ``--tp-size`` that does not
+divide the attention heads is a start-up case of ``test_startup_errors.py``.)
 """
 
 from __future__ import annotations
@@ -35,17 +35,17 @@ def _generate(server: ServerProcess, prompt: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def tp_servers(tiny_target, copy_drafter, server_logs):
-    """(plain at --tp-size 1, DSPARK at --tp-size 2), started side by side."""
+def tp_servers(tiny_target, copy_drafter, server_logs, servers):
+    """(plain at --tp-size 1: the session's plain server, DSPARK at --tp-size 2)."""
     heads = json.loads((tiny_target / "config.json").read_text())["num_attention_heads"]
     assert heads % 2 == 0, heads
-    plain = ServerProcess(cpu_serve_args(tiny_target), server_logs / "tp1-plain.log")
+    plain, _ = servers
     spec = ServerProcess(
         [*cpu_serve_args(tiny_target), *dspark_args(copy_drafter), "--tp-size", "2"],
         server_logs / "tp2-dspark.log",
         env=TP2_ENV,
     )
-    with running(plain, spec):
+    with running(spec):
         yield plain, spec
 
 
@@ -92,18 +92,3 @@ def test_drafter_kv_per_rank_is_the_share_sglang_budgets(tp_servers, copy_drafte
     per_rank = 2 * layers * (cfg["num_key_value_heads"] // 2) * cfg["head_dim"] * 4  # K and V, float32
     assert state["dspark_context_bytes_per_slot"] == per_rank
     assert state["dspark_accounted_bytes_per_slot"] == per_rank
-
-
-def test_tp_size_not_dividing_heads_fails_before_weights_load(tiny_target, server_logs):
-    server = ServerProcess(
-        [*cpu_serve_args(tiny_target), "--tp-size", "3"],
-        server_logs / "tp3-invalid.log",
-        env={"SGLANG_CPU_OMP_THREADS_BIND": "0|1|0"},
-    ).start()
-    try:
-        assert server.wait_exit(timeout=300) != 0
-        log = server.log_tail(200)
-    finally:
-        server.stop()
-    assert "--tp-size 3 does not divide the model's 4 attention heads" in log, log
-    assert "Load weight begin" not in log

@@ -197,7 +197,7 @@ LONG_PROMPT = (
 
 
 def test_long_prompts_chunked_prefill_and_radix_hits(servers):
-    from tests.serving.conftest import CHUNKED_PREFILL_SIZE
+    from tests.conftest import CHUNKED_PREFILL_SIZE
 
     plain, spec = servers
     assert len(LONG_PROMPT.encode()) > 4 * CHUNKED_PREFILL_SIZE  # byte-level target: several chunks

@@ -19,8 +19,6 @@ def _single_thread():
 
 
 @pytest.fixture(scope="session")
-def tiny_target_dir(tmp_path_factory) -> Path:
-    """A tiny random Llama target (byte tokenizer, vocabulary 260) on disk."""
-    from sglang_dspark.train.tiny_target import make_tiny_target
-
-    return make_tiny_target(tmp_path_factory.mktemp("tiny-target"), seed=0)
+def tiny_target_dir(tiny_target) -> Path:
+    """A tiny random Llama target (byte tokenizer, vocabulary 260) on disk: the session's ``tiny_target``."""
+    return tiny_target

@@ -24,13 +24,6 @@ from .conftest import REPO
 CHAT = REPO / "tests" / "data" / "eval_chat.jsonl"
 
 
-@pytest.fixture(scope="module")
-def copy_drafter(tiny_target_dir, tmp_path_factory) -> Path:
-    """Proposes the anchor again: the tiny target repeats tokens, so some drafts are accepted."""
-    directory = tmp_path_factory.mktemp("copy-drafter")
-    return write_copy_drafter(directory, copy_drafter_config(tiny_target_dir))
-
-
 def _check_consistent(report: dict) -> None:
     hist = report["accept_histogram"]
     assert sum(hist) == report["num_steps"] > 0
@@ -154,21 +147,13 @@ def test_summary_from_counts():
         EvalPrompt(1, (("user", "x"), ("assistant", "y")))
 
 
-def test_server_mode_against_a_real_dspark_server(tiny_target_dir, copy_drafter, tmp_path):
-    from sglang_dspark.server_process import ServerProcess, cpu_serve_args, dspark_args
-
-    os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
-    server = ServerProcess([*cpu_serve_args(tiny_target_dir), *dspark_args(copy_drafter)],
-                           tmp_path / "server.log")
-    server.start()
-    try:
-        server.wait_ready(timeout=240)
-        out = tmp_path / "server.json"
-        rc = main(["--server", server.url, "--prompts", str(CHAT), "--max-prompts", "3",
-                   "--max-new-tokens", "32", "--out", str(out), "--no-progress"])
-        assert rc == 0, server.log_tail()
-    finally:
-        server.stop()
+def test_server_mode_against_a_real_dspark_server(servers, tmp_path):
+    """The session's DSPARK server (tiny target, copy drafter, every step drafts)."""
+    _, server = servers
+    out = tmp_path / "server.json"
+    rc = main(["--server", server.url, "--prompts", str(CHAT), "--max-prompts", "3",
+               "--max-new-tokens", "32", "--out", str(out), "--no-progress"])
+    assert rc == 0, server.log_tail()
     report = json.loads(out.read_text())
     assert report["mode"] == "server"
     assert report["source"].startswith("/server_info dspark_accept_histogram")

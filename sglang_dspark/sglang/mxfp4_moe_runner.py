@@ -21,9 +21,12 @@ parallel rank keeps its contiguous expert range, each tensor-parallel rank its
 slice of the intermediate dimension; the layer's all-reduce sums the partial
 outputs.
 
-``SGLANG_DSPARK_MXFP4_RUNNER=builtin`` leaves ``flashinfer_mxfp4`` to SGLang;
+Whether our method or SGLang's serves is decided per process where the layers
+are built, from the device and GPU architecture (:func:`mxfp4_choice`, the
+table in :mod:`.serving_choice`): SGLang's methods on SM90/SM100/SM120, ours on
+CPU and on GPUs SGLang's refuses; ``SGLANG_DSPARK_MXFP4_RUNNER`` forces either.
 ``SGLANG_DSPARK_MXFP4_IMPL`` (``auto`` default, ``torch``, ``triton``,
-``flashinfer``) forces an implementation.
+``flashinfer``) picks the implementation inside our method.
 """
 
 from __future__ import annotations
@@ -32,9 +35,14 @@ import os
 
 import torch
 
+from sglang_dspark.sglang.serving_choice import (
+    MXFP4_RUNNER_ENV as RUNNER_ENV,
+    ServingChoice,
+    announce,
+    choose_mxfp4,
+    requested,
+)
 
-
-RUNNER_ENV = "SGLANG_DSPARK_MXFP4_RUNNER"
 IMPL_ENV = "SGLANG_DSPARK_MXFP4_IMPL"
 
 MXFP4_GET_QUANT_METHOD = "sglang.srt.layers.quantization.mxfp4.Mxfp4Config.get_quant_method"
@@ -42,14 +50,18 @@ MXFP4_ACT_DTYPES = "sglang.srt.layers.quantization.mxfp4.Mxfp4Config.get_support
 FP8_GET_QUANT_METHOD = "sglang.srt.layers.quantization.fp8.Fp8Config.get_quant_method"
 
 
-def runner_enabled() -> bool:
-    """Whether sglang-dspark serves ``flashinfer_mxfp4`` in this environment."""
-    value = os.environ.get(RUNNER_ENV, "sglang-dspark").strip().lower()
-    if value in ("", "sglang-dspark", "ours"):
-        return True
-    if value == "builtin":
-        return False
-    raise ValueError(f"{RUNNER_ENV}={value!r}: use 'sglang-dspark' (default) or 'builtin'.")
+def device_facts() -> tuple[str, tuple[int, int] | None]:
+    """(device, CUDA capability) of this process: what the MXFP4 choice depends on."""
+    if os.environ.get("SGLANG_USE_CPU_ENGINE", "0").lower() in ("1", "true", "yes") or not torch.cuda.is_available():
+        return "cpu", None
+    return "cuda", tuple(torch.cuda.get_device_capability())
+
+
+def mxfp4_choice(device: str | None = None, sm: tuple[int, int] | None = None) -> ServingChoice:
+    """Who serves ``flashinfer_mxfp4`` here (``device``/``sm`` default to this process's facts)."""
+    if device is None:
+        device, sm = device_facts()
+    return choose_mxfp4(device=device, sm=sm, asked=requested(RUNNER_ENV))
 
 
 def selected_impl() -> str:
@@ -65,7 +77,7 @@ def selected_impl() -> str:
 def _runner_is_flashinfer_mxfp4() -> bool:
     from sglang.srt.layers.moe.utils import get_moe_runner_backend
 
-    return get_moe_runner_backend().is_flashinfer_mxfp4() and runner_enabled()
+    return get_moe_runner_backend().is_flashinfer_mxfp4() and announce(mxfp4_choice()).ours
 
 
 def make_method(prefix: str, scale_suffix: str = "weight_scale"):
@@ -122,9 +134,7 @@ def mxfp4_act_dtypes(orig, cls):
 
 
 def register_hooks() -> None:
-    """Install the selection hooks (no-op with ``SGLANG_DSPARK_MXFP4_RUNNER=builtin``)."""
-    if not runner_enabled():
-        return
+    """Install the selection hooks; each call asks :func:`mxfp4_choice` whether ours serves."""
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     HookRegistry.register(MXFP4_GET_QUANT_METHOD, select_mxfp4_method, HookType.AROUND)

@@ -1,77 +1,108 @@
 """SGLang plugin entry point (group ``sglang.srt.plugins``).
 
 SGLang calls :func:`load` with no arguments early in every process (CLI,
-scheduler, detokenizer). It installs hooks so that ``--speculative-algorithm
-DSPARK`` is served by this project:
+scheduler, detokenizer). It installs hooks; which implementation then serves
+each path is decided in one place, :mod:`.serving_choice`, from the resolved
+server arguments (and, for MoE, the GPU), the same way in every process:
 
-- ``SpeculativeAlgorithm.create_worker``: DSPARK builds :class:`DSparkWorker`;
 - ``speculative_hook._handle_dspark``: our argument checks (errors before any
-  weight is read, CPU allowed);
+  weight is read, CPU allowed) when sglang-dspark serves DSPARK, SGLang's own
+  otherwise; one start-up line says who serves and why;
+- ``SpeculativeAlgorithm.create_worker``: :class:`DSparkWorker` when
+  sglang-dspark serves DSPARK, SGLang's ``DSparkWorkerV2`` otherwise;
 - ``TorchNativeAttnBackend.forward_extend``: TARGET_VERIFY on the CPU path;
 - ``Mxfp4Config``/``Fp8Config.get_quant_method``: MXFP4 experts under
-  ``--moe-runner-backend flashinfer_mxfp4`` (see :mod:`.mxfp4_moe_runner`);
+  ``--moe-runner-backend flashinfer_mxfp4`` where sglang-dspark's runner serves
+  (see :mod:`.mxfp4_moe_runner`);
 - ``ServerArgs.check_server_args``: ``--tp-size`` / ``--ep-size`` against the
-  model's heads and experts (see :mod:`.parallel_args`);
+  model's heads and experts (see :mod:`.parallel_args`), and a forced MXFP4
+  runner that cannot serve on the device;
+- the request guards, whoever serves;
 - ``get_available_gpu_memory``: only when the test-only
   ``SGLANG_DSPARK_CPU_MEMORY_BUDGET_BYTES`` is set, a CPU device of that many
   bytes (see :mod:`.memory_budget`).
-
-``SGLANG_DSPARK_IMPL=builtin`` leaves the name to SGLang's built-in DSPARK.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
+
+from sglang_dspark.sglang.serving_choice import (
+    IMPL_ENV,
+    MXFP4_RUNNER_ENV,
+    V4_DRAFTER,
+    ServingChoice,
+    announce,
+    choose_dspark,
+    choose_mxfp4,
+    drafter_architecture_at,
+    requested,
+)
 
 logger = logging.getLogger("sglang_dspark")
-
-IMPL_ENV = "SGLANG_DSPARK_IMPL"
-OURS = "sglang-dspark"
-BUILTIN = "builtin"
 
 _CREATE_WORKER = "sglang.srt.speculative.spec_info.SpeculativeAlgorithm.create_worker"
 _HANDLE_DSPARK = "sglang.srt.arg_groups.speculative_hook._handle_dspark"
 _CHECK_SERVER_ARGS = "sglang.srt.server_args.ServerArgs.check_server_args"
+_DSPARK_SUBFOLDER = "dspark"  # SGLang's convention for a drafter shipped inside the target checkpoint
 
 
-def selected_impl() -> str:
-    """Which implementation serves DSPARK in this environment."""
-    value = os.environ.get(IMPL_ENV, OURS).strip().lower()
-    if value in ("", OURS, "ours", "sglang_dspark"):
-        return OURS
-    if value == BUILTIN:
-        return BUILTIN
-    raise ValueError(f"{IMPL_ENV}={value!r}: use {OURS!r} (default) or {BUILTIN!r}.")
+def _drafter_arch(cfg) -> str | None:
+    """The draft architecture DSPARK would serve with: the drafter path, else what the target bundles."""
+    if cfg.speculative_draft_model_path:
+        return drafter_architecture_at(cfg.speculative_draft_model_path)
+    target = drafter_architecture_at(cfg.model_path)
+    if target == V4_DRAFTER:
+        return target
+    return drafter_architecture_at(Path(str(cfg.model_path)) / _DSPARK_SUBFOLDER)
+
+
+def dspark_choice(server_args) -> ServingChoice:
+    """Who serves DSPARK for these server arguments (raw, mid-resolution or resolved)."""
+    from sglang.srt.arg_groups.model_override_base import resolved_view
+
+    cfg = resolved_view(server_args)
+    return choose_dspark(device=str(cfg.device or "cuda"), drafter_arch=_drafter_arch(cfg), asked=requested(IMPL_ENV))
 
 
 def _create_worker(orig, self, server_args):
     from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
 
-    if self is SpeculativeAlgorithm.DSPARK:
+    # Argument resolution announced the choice; the scheduler makes the same one silently.
+    if self is SpeculativeAlgorithm.DSPARK and dspark_choice(server_args).ours:
         from sglang_dspark.sglang.worker import DSparkWorker
 
         return DSparkWorker
     return orig(self, server_args)
 
 
-def _handle_dspark_ours(server_args) -> None:
-    from sglang_dspark import __version__
+def _handle_dspark(orig, server_args) -> None:
+    choice = announce(dspark_choice(server_args))
+    if not choice.ours:
+        return orig(server_args)
     from sglang_dspark.sglang.server_args import handle_dspark
 
     handle_dspark(server_args)
-    logger.warning("DSPARK is served by sglang-dspark %s (%s=%s)", __version__, IMPL_ENV, OURS)
 
 
-def _handle_dspark_builtin(result, server_args):
-    logger.warning("DSPARK is served by SGLang's built-in implementation (%s=%s)", IMPL_ENV, BUILTIN)
-    return result
+def _check_mxfp4_runner(server_args) -> None:
+    """A forced ``SGLANG_DSPARK_MXFP4_RUNNER`` that cannot serve on this device fails during resolution."""
+    from sglang.srt.arg_groups.model_override_base import resolved_view
+
+    cfg = resolved_view(server_args)
+    runners = (cfg.moe_runner_backend, getattr(cfg, "speculative_moe_runner_backend", None))
+    if "flashinfer_mxfp4" in runners:
+        # The launcher does not touch the GPU: its architecture is decided where the layers load.
+        choose_mxfp4(device=str(cfg.device or "cuda"), sm=None, asked=requested(MXFP4_RUNNER_ENV))
 
 
 def _check_parallel_sizes(result, server_args):
     from sglang_dspark.sglang.parallel_args import check_server_parallel_args
 
     check_server_parallel_args(server_args)
+    _check_mxfp4_runner(server_args)
     return result
 
 
@@ -83,22 +114,16 @@ def load() -> None:
     """Register sglang-dspark's hooks (called by SGLang's ``load_plugins``)."""
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-    from sglang_dspark.sglang import memory_budget, request_guards
+    from sglang_dspark.sglang import memory_budget, request_guards, torch_native_verify
     from sglang_dspark.sglang.mxfp4_moe_runner import register_hooks as register_mxfp4_runner
 
+    requested(IMPL_ENV), requested(MXFP4_RUNNER_ENV)  # a misspelt value fails at start-up, in every process
     register_mxfp4_runner()  # --moe-runner-backend flashinfer_mxfp4, independent of DSPARK
     HookRegistry.register(request_guards.TARGET, request_guards.check_prompt_tokens, HookType.AROUND)
     HookRegistry.register(_CHECK_SERVER_ARGS, _check_parallel_sizes, HookType.AFTER)
     memory_budget.install()  # test-only; nothing unless its variable is set
-    impl = selected_impl()
-    if impl == BUILTIN:
-        HookRegistry.register(_HANDLE_DSPARK, _handle_dspark_builtin, HookType.AFTER)
-        return
-
-    from sglang_dspark.sglang import torch_native_verify
-
     HookRegistry.register(_CREATE_WORKER, _create_worker, HookType.AROUND)
-    HookRegistry.register(_HANDLE_DSPARK, _handle_dspark_ours, HookType.REPLACE)
+    HookRegistry.register(_HANDLE_DSPARK, _handle_dspark, HookType.AROUND)
     HookRegistry.register(
         torch_native_verify.TARGET, torch_native_verify.forward_extend_with_verify, HookType.AROUND
     )

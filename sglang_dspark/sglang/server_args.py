@@ -94,7 +94,7 @@ def check_dspark_args(
     if dev not in SUPPORTED_DEVICES:
         raise DSparkArgumentError(
             f"--device {device}: sglang-dspark's DSPARK serves on {', '.join(SUPPORTED_DEVICES)}. "
-            "For NPU/XPU use SGLang's built-in DSPARK (SGLANG_DSPARK_IMPL=builtin)."
+            "On NPU/XPU SGLang's built-in DSPARK serves by default: unset SGLANG_DSPARK_IMPL."
         )
     allowed = CPU_ATTENTION_BACKENDS if dev == "cpu" else CUDA_ATTENTION_BACKENDS
     if attention_backend not in allowed:

@@ -61,6 +61,13 @@ def test_greedy_output_identical_to_plain_decoding(servers):
     assert sum(accept) / len(accept) > 1.5, accept
 
 
+def test_start_up_line_says_who_serves(servers):
+    plain, spec = servers
+    line = "DSPARK is served by sglang-dspark: tested on CPU; SGLang's built-in DSPARK refuses --device cpu"
+    assert spec.log_path.read_text(errors="replace").count(line) == 1
+    assert "DSPARK is served by" not in plain.log_path.read_text(errors="replace")
+
+
 def test_stop_string_inside_a_block(servers):
     plain, spec = servers
     checked = 0

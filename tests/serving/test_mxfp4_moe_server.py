@@ -83,6 +83,7 @@ def test_mxfp4_runner_output_equals_dequantised_reference(moe_servers) -> None:
         assert logprobs(got) == pytest.approx(logprobs(want), abs=LOGPROB_ATOL), prompt
     log = ours.log_path.read_text(errors="replace")
     assert "MXFP4 MoE: impl='auto' uses torch" in log, "the MoE layers did not run through sglang-dspark's runner"
+    assert "flashinfer_mxfp4 is served by sglang-dspark: tested on CPU (torch)" in log
     assert "quant=mxfp4" in log
 
 

@@ -180,3 +180,19 @@ def test_servers_exit_before_loading_weights(tiny_target, copy_drafter, bad_draf
             assert code != 0, name
             assert message in log, (name, log[-2000:])
             assert "Load weight begin" not in log, name
+
+
+@pytest.mark.slow
+def test_forcing_sglang_where_it_cannot_serve_fails_during_resolution(tiny_target, copy_drafter):
+    """SGLang's DSPARK and flashinfer_mxfp4 asked for on CPU: a one-line reason, before any weight loads."""
+    from sglang_dspark.sglang.serving_choice import IMPL_ENV, MXFP4_RUNNER_ENV
+
+    env = {**CPU_ENV, IMPL_ENV: "builtin", MXFP4_RUNNER_ENV: "builtin"}
+    results = resolve_in_subprocess({
+        "dspark": [*cpu_serve_args(tiny_target), *dspark_args(copy_drafter)],
+        "mxfp4": [*cpu_serve_args(tiny_target), "--moe-runner-backend", "flashinfer_mxfp4"],
+    }, env=env)
+    assert results["dspark"].error_type == "ServingChoiceError"
+    assert f"{IMPL_ENV}=builtin: SGLang's built-in DSPARK refuses --device cpu" in results["dspark"].message
+    assert results["mxfp4"].error_type == "ServingChoiceError"
+    assert f"{MXFP4_RUNNER_ENV}=builtin" in results["mxfp4"].message and "not on CPU" in results["mxfp4"].message

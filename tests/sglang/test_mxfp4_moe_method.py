@@ -104,12 +104,21 @@ def test_unsupported_layers_are_refused() -> None:
 
 def test_runner_env_switches(monkeypatch) -> None:
     from sglang_dspark.sglang import mxfp4_moe_runner as runner
+    from sglang_dspark.sglang.serving_choice import OURS, SGLANG, ServingChoiceError
 
+    monkeypatch.delenv(runner.RUNNER_ENV, raising=False)
+    assert runner.mxfp4_choice("cuda", (9, 0)).impl == SGLANG  # SM90: SGLang's FlashInfer methods
+    assert runner.mxfp4_choice("cuda", (8, 0)).impl == OURS  # SM80: SGLang's refuses, ours serves
+    assert runner.mxfp4_choice("cpu").impl == OURS
     monkeypatch.setenv(runner.RUNNER_ENV, "builtin")
-    assert not runner.runner_enabled()
+    assert runner.mxfp4_choice("cuda", (10, 0)).impl == SGLANG
+    with pytest.raises(ServingChoiceError, match="SM80"):
+        runner.mxfp4_choice("cuda", (8, 0))
+    monkeypatch.setenv(runner.RUNNER_ENV, "sglang-dspark")
+    assert runner.mxfp4_choice("cuda", (9, 0)).impl == OURS
     monkeypatch.setenv(runner.RUNNER_ENV, "nonsense")
     with pytest.raises(ValueError, match="builtin"):
-        runner.runner_enabled()
+        runner.mxfp4_choice("cpu")
     monkeypatch.setenv(runner.IMPL_ENV, "cuda")
     with pytest.raises(ValueError, match="torch"):
         runner.selected_impl()

@@ -7,6 +7,13 @@ Selected by :mod:`sglang_dspark.sglang.mxfp4_moe_runner` under
 expert mapping (``experts.{e}.gate_proj.weight`` -> ``experts.w13_weight``, and
 ``...weight_scale`` -> ``experts.w13_weight_scale``) feeds their loader, which
 copies this rank's slice (:mod:`sglang_dspark.moe.expert_sharding`).
+
+After loading, :meth:`DSparkMxfp4MoEMethod.process_weights_after_loading` fixes
+the layer's implementation once (torch on CPU; FlashInfer or Triton on GPUs).
+For FlashInfer it converts the experts to the kernel's layout there and frees
+the raw bytes, as SGLang's own MXFP4 methods do: the layer holds one copy, and
+it is in place before SGLang measures free memory to size the KV pool (no
+second copy appears at the first forward).
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ import torch
 from sglang.srt.layers.quantization.base_config import FusedMoEMethodBase
 
 from sglang_dspark.moe.expert_sharding import ExpertShard, checkpoint_intermediate_of, copy_expert_tensor
-from sglang_dspark.moe.moe_forward import moe_forward
+from sglang_dspark.moe import flashinfer_mxfp4 as fi
+from sglang_dspark.moe.moe_forward import moe_forward, resolve_impl
 
 
 def param_names(scale_suffix: str) -> dict[str, str]:
@@ -59,6 +67,9 @@ class DSparkMxfp4MoEMethod(FusedMoEMethodBase):
         self.runner = None
         self.shard: ExpertShard | None = None
         self._checkpoint_size_known = False
+        self.params_dtype: torch.dtype | None = None
+        self.impl_in_use: str | None = None  # fixed by process_weights_after_loading
+        self.prepared: fi.PreparedWeights | None = None  # FlashInfer's layout, when it serves
 
     def create_weights(self, layer, num_experts, hidden_size, intermediate_size_per_partition, params_dtype, **extra):
         if extra.get("with_bias"):
@@ -81,6 +92,7 @@ class DSparkMxfp4MoEMethod(FusedMoEMethodBase):
                 "(redundant EPLB experts are not supported by this runner)"
             )
         self.shard = shard
+        self.params_dtype = params_dtype
         loader = self._weight_loader
         for name, shape in shard.local_shapes().items():
             param = torch.nn.Parameter(torch.zeros(shape, dtype=torch.uint8), requires_grad=False)
@@ -109,7 +121,28 @@ class DSparkMxfp4MoEMethod(FusedMoEMethodBase):
         self._checkpoint_size_known = True
 
     def process_weights_after_loading(self, layer) -> None:
-        return None
+        """Fix the implementation; for FlashInfer, convert to its layout once and free the raw copy."""
+        w13 = getattr(layer, self.names["w13"])
+        probe = torch.empty(0, dtype=self.params_dtype or torch.float32, device=w13.device)
+        self.impl_in_use = resolve_impl(self.impl, probe, self.shard.hidden_size, w13.shape[1] // 2)
+        if self.impl_in_use != "flashinfer":
+            return
+        backend, why = fi.select_backend(w13.device, self.shard.hidden_size, w13.shape[1] // 2)
+        if backend is None:
+            raise fi.FlashinferUnavailableError(f"{self.prefix}: impl='flashinfer' unavailable: {why}")
+        local = self.shard.num_local_experts
+        raw = [getattr(layer, self.names[n]) for n in ("w13", "w13_scale", "w2", "w2_scale")]
+        self.prepared = fi.prepare_weights(*(t.data[:local] for t in raw), backend)
+        for param in raw:
+            param.data = torch.empty(0, dtype=param.dtype, device=param.device)
+
+    def held_bytes(self, layer) -> int:
+        """Bytes of expert weights this layer keeps (raw parameters plus the kernel layout)."""
+        tensors = [getattr(layer, n) for n in self.names.values()]
+        if self.prepared is not None:
+            p = self.prepared
+            tensors += [p.w13, p.w13_scale, p.w2, p.w2_scale]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def create_moe_runner(self, layer, moe_runner_config) -> None:
         self.moe_runner_config = moe_runner_config
@@ -130,23 +163,32 @@ class DSparkMxfp4MoEMethod(FusedMoEMethodBase):
         x = dispatch_output.hidden_states
         h = self.shard.hidden_size
         cfg = self.moe_runner_config
+        if self.prepared is not None:
+            out = fi.flashinfer_moe(
+                x[..., :h], self.prepared, topk.topk_weights, topk.topk_ids,
+                swiglu_limit=cfg.swiglu_limit, expert_offset=self.shard.expert_offset,
+            )
+        else:
+            out = self._moe_forward(layer, x[..., :h], topk, cfg)
+        factor = cfg.routed_scaling_factor
+        if factor is not None and factor != 1.0 and not layer.should_fuse_routed_scaling_factor_in_topk:
+            out = out * factor
+        return StandardCombineInput(hidden_states=out)
+
+    def _moe_forward(self, layer, x, topk, cfg):
         w = {name: getattr(layer, param) for name, param in self.names.items()}
-        out = moe_forward(
-            x[..., :h],
+        return moe_forward(
+            x,
             w["w13"],
             w["w13_scale"],
             w["w2"],
             w["w2_scale"],
             topk.topk_weights,
             topk.topk_ids,
-            impl=self.impl,
+            impl=self.impl_in_use or self.impl,
             swiglu_limit=cfg.swiglu_limit,
             expert_offset=self.shard.expert_offset,
             num_local_experts=self.shard.num_local_experts,
         )
-        factor = cfg.routed_scaling_factor
-        if factor is not None and factor != 1.0 and not layer.should_fuse_routed_scaling_factor_in_topk:
-            out = out * factor
-        return StandardCombineInput(hidden_states=out)
 
 

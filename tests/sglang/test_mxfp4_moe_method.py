@@ -44,9 +44,9 @@ def checkpoint():
     }
 
 
-def build(method_cls, ckpt, scale_suffix: str, **rank):
+def build(method_cls, ckpt, scale_suffix: str, impl: str = "torch", **rank):
     layer = FakeFusedMoE(**rank)
-    method = method_cls("model.layers.0.mlp.experts", impl="torch", scale_suffix=scale_suffix)
+    method = method_cls("model.layers.0.mlp.experts", impl=impl, scale_suffix=scale_suffix)
     method.create_weights(layer, E // rank["ep_size"], H, I // rank["tp_size"], torch.float32)
     method.create_moe_runner(layer, layer.moe_runner_config)
     params = dict(layer.named_parameters())
@@ -56,6 +56,7 @@ def build(method_cls, ckpt, scale_suffix: str, **rank):
             name = f"experts.{group}{suffix}"  # what make_expert_params_mapping produces
             param = params[name[len("experts."):]]
             param.weight_loader(param, tensor, name, shard_id=s, expert_id=e)
+    method.process_weights_after_loading(layer)  # as SGLang's loader does after the last tensor
     return layer, method
 
 
@@ -87,6 +88,73 @@ def test_ranks_sum_to_unsharded_moe(scale_suffix, limit, factor) -> None:
             assert getattr(layer, f"w2_{scale_suffix}").shape == (4, H, I // 2 // 32)
             total += method.apply(layer, dispatch).hidden_states
     torch.testing.assert_close(total, want, rtol=1e-5, atol=1e-5)
+
+
+def _reference_inputs(ckpt):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4, H, generator=g)
+    ids = torch.stack([torch.randperm(E, generator=g)[:K] for _ in range(4)]).to(torch.int32)
+    weights = torch.rand(4, K, generator=g)
+    w13 = torch.stack([torch.cat([ckpt[(e, "w1")][0], ckpt[(e, "w3")][0]]) for e in range(E)])
+    w13s = torch.stack([torch.cat([ckpt[(e, "w1")][1], ckpt[(e, "w3")][1]]) for e in range(E)])
+    w2 = torch.stack([ckpt[(e, "w2")][0] for e in range(E)])
+    w2s = torch.stack([ckpt[(e, "w2")][1] for e in range(E)])
+    return x, ids, weights, moe_forward(x, w13, w13s, w2, w2s, weights, ids, impl="torch")
+
+
+def test_cpu_layer_keeps_one_copy_and_runs_torch() -> None:
+    from sglang.srt.layers.moe.topk import StandardTopKOutput
+
+    from sglang_dspark.sglang.mxfp4_moe_method import DSparkMxfp4MoEMethod
+
+    ckpt = checkpoint()
+    layer, method = build(DSparkMxfp4MoEMethod, ckpt, "weight_scale", impl="auto", ep_size=1, ep_rank=0,
+                          tp_size=1, tp_rank=0, limit=None, factor=None)
+    assert method.impl_in_use == "torch" and method.prepared is None
+    one_copy = E * (2 * I * H // 2 + 2 * I * H // 32 + H * I // 2 + H * I // 32)  # packed nibbles + E8M0 scales
+    assert method.held_bytes(layer) == one_copy
+    x, ids, weights, want = _reference_inputs(ckpt)
+    dispatch = SimpleNamespace(hidden_states=x, topk_output=StandardTopKOutput(weights, ids, torch.zeros(4, E)))
+    torch.testing.assert_close(method.apply(layer, dispatch).hidden_states, want)
+
+
+def test_flashinfer_layout_replaces_the_raw_copy_after_loading(monkeypatch) -> None:
+    """On a GPU where FlashInfer serves: converted once after loading, raw bytes freed, no cache at forward."""
+    from sglang.srt.layers.moe.topk import StandardTopKOutput
+
+    from sglang_dspark.moe import flashinfer_mxfp4 as fi
+    from sglang_dspark.sglang import mxfp4_moe_method as m
+
+    conversions = []
+
+    def prepare_weights(w13, w13_scale, w2, w2_scale, backend):  # same bytes as FlashInfer's layout
+        conversions.append(backend)
+        return fi.PreparedWeights(backend, w13.clone(), w13_scale.clone(), w2.clone(), w2_scale.clone(),
+                                  num_local_experts=w13.shape[0], hidden_size=w13.shape[2] * 2,
+                                  intermediate_size=w13.shape[1] // 2)
+
+    def flashinfer_moe(hidden, prepared, topk_weights, topk_ids, *, swiglu_limit=None, expert_offset=0):
+        return moe_forward(hidden, prepared.w13, prepared.w13_scale, prepared.w2, prepared.w2_scale,
+                           topk_weights, topk_ids, impl="torch", swiglu_limit=swiglu_limit,
+                           expert_offset=expert_offset)
+
+    monkeypatch.setattr(m, "resolve_impl", lambda *a: "flashinfer")
+    monkeypatch.setattr(fi, "select_backend", lambda *a: ("sm90_cutlass", "stated SM90 facts"))
+    monkeypatch.setattr(fi, "prepare_weights", prepare_weights)
+    monkeypatch.setattr(fi, "flashinfer_moe", flashinfer_moe)
+    fi._prepared.clear()
+
+    ckpt = checkpoint()
+    layer, method = build(m.DSparkMxfp4MoEMethod, ckpt, "weight_scale", impl="auto", ep_size=1, ep_rank=0,
+                          tp_size=1, tp_rank=0, limit=None, factor=None)
+    assert conversions == ["sm90_cutlass"] and method.impl_in_use == "flashinfer"
+    one_copy = E * (2 * I * H // 2 + 2 * I * H // 32 + H * I // 2 + H * I // 32)
+    assert method.held_bytes(layer) == one_copy
+    assert all(getattr(layer, name).numel() == 0 for name in method.names.values())  # raw copy freed
+    x, ids, weights, want = _reference_inputs(ckpt)
+    dispatch = SimpleNamespace(hidden_states=x, topk_output=StandardTopKOutput(weights, ids, torch.zeros(4, E)))
+    torch.testing.assert_close(method.apply(layer, dispatch).hidden_states, want)
+    assert conversions == ["sm90_cutlass"] and not fi._prepared  # nothing built at the first forward
 
 
 def test_unsupported_layers_are_refused() -> None:

@@ -49,9 +49,46 @@ def test_model_template_carries_the_seed_parameters():
     assert m.source == "model_scope"
     assert m.model_scope_model_id == "deepseek-ai/DeepSeek-V4-Flash-DSpark"
     assert (m.backend, m.backend_version) == ("SGLang", "dspark-custom")
-    assert m.backend_parameters == SEED_PARAMETERS
+    # One flag renamed: SGLang 0.5.23 refuses the seed's --cuda-graph-max-bs as ambiguous.
+    expected = tuple(p.replace("--cuda-graph-max-bs ", "--cuda-graph-max-bs-decode ") for p in SEED_PARAMETERS)
+    assert m.backend_parameters == expected
     # The image ships distro, so the seed's start-up pip install is not needed.
     assert "PYPI_PACKAGES_INSTALL" not in m.env
+
+
+def _parse_like_sglang_serve(argv: list[str]) -> str:
+    """SGLang 0.5.23's own ``sglang serve`` argument parser; returns what it printed on an error."""
+    import argparse
+    import contextlib
+    import io
+
+    from sglang.srt.server_args import ServerArgs
+
+    parser = argparse.ArgumentParser(prog="sglang serve")
+    ServerArgs.add_cli_args(parser)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            return err.getvalue() or "exit"
+    return ""
+
+
+def _command_line(run_command: str, parameters) -> list[str]:
+    placeholders = {"{{model_path}}": "/models/m", "{{worker_ip}}": "127.0.0.1", "{{port}}": "30000"}
+    for key, value in placeholders.items():
+        run_command = run_command.replace(key, value)
+    return run_command.split() + [word for p in parameters for word in p.split()]
+
+
+def test_shipped_command_line_parses_with_sglang_0_5_23():
+    f = load_backend_file()
+    assert _parse_like_sglang_serve(_command_line(f.version.run_command, f.model.backend_parameters)) == ""
+    # The seed's parameters, verbatim, do not: this is why the template renames one flag.
+    assert "ambiguous option: --cuda-graph-max-bs" in _parse_like_sglang_serve(
+        _command_line(f.version.run_command, SEED_PARAMETERS)
+    )
 
 
 def test_version_name_needs_custom_suffix(tmp_path):

@@ -60,6 +60,19 @@ def build(method_cls, ckpt, scale_suffix: str, impl: str = "torch", **rank):
     return layer, method
 
 
+def reference_inputs(ckpt, *, tokens: int, seed: int, limit=None):
+    """(activations, top-k ids, top-k weights, the unsharded torch MoE output) for ``ckpt``."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, H, generator=g)
+    ids = torch.stack([torch.randperm(E, generator=g)[:K] for _ in range(tokens)]).to(torch.int32)
+    weights = torch.rand(tokens, K, generator=g)
+    w13 = torch.stack([torch.cat([ckpt[(e, "w1")][0], ckpt[(e, "w3")][0]]) for e in range(E)])
+    w13s = torch.stack([torch.cat([ckpt[(e, "w1")][1], ckpt[(e, "w3")][1]]) for e in range(E)])
+    w2 = torch.stack([ckpt[(e, "w2")][0] for e in range(E)])
+    w2s = torch.stack([ckpt[(e, "w2")][1] for e in range(E)])
+    return x, ids, weights, moe_forward(x, w13, w13s, w2, w2s, weights, ids, impl="torch", swiglu_limit=limit)
+
+
 @pytest.mark.parametrize("scale_suffix, limit, factor", [("weight_scale", None, None), ("weight_scale_inv", 1.0, 1.5)])
 def test_ranks_sum_to_unsharded_moe(scale_suffix, limit, factor) -> None:
     from sglang.srt.layers.moe.topk import StandardTopKOutput
@@ -68,15 +81,8 @@ def test_ranks_sum_to_unsharded_moe(scale_suffix, limit, factor) -> None:
     from sglang_dspark.sglang.mxfp4_moe_method import DSparkMxfp4MoEMethod
 
     ckpt = checkpoint()
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(5, H, generator=g)
-    ids = torch.stack([torch.randperm(E, generator=g)[:K] for _ in range(5)]).to(torch.int32)
-    weights = torch.rand(5, K, generator=g)
-    w13 = torch.stack([torch.cat([ckpt[(e, "w1")][0], ckpt[(e, "w3")][0]]) for e in range(E)])
-    w13s = torch.stack([torch.cat([ckpt[(e, "w1")][1], ckpt[(e, "w3")][1]]) for e in range(E)])
-    w2 = torch.stack([ckpt[(e, "w2")][0] for e in range(E)])
-    w2s = torch.stack([ckpt[(e, "w2")][1] for e in range(E)])
-    want = moe_forward(x, w13, w13s, w2, w2s, weights, ids, impl="torch", swiglu_limit=limit) * (factor or 1.0)
+    x, ids, weights, want = reference_inputs(ckpt, tokens=5, seed=1, limit=limit)
+    want = want * (factor or 1.0)
 
     dispatch = SimpleNamespace(hidden_states=x, topk_output=StandardTopKOutput(weights, ids, torch.zeros(5, E)))
     total = torch.zeros_like(want)
@@ -90,18 +96,6 @@ def test_ranks_sum_to_unsharded_moe(scale_suffix, limit, factor) -> None:
     torch.testing.assert_close(total, want, rtol=1e-5, atol=1e-5)
 
 
-def _reference_inputs(ckpt):
-    g = torch.Generator().manual_seed(2)
-    x = torch.randn(4, H, generator=g)
-    ids = torch.stack([torch.randperm(E, generator=g)[:K] for _ in range(4)]).to(torch.int32)
-    weights = torch.rand(4, K, generator=g)
-    w13 = torch.stack([torch.cat([ckpt[(e, "w1")][0], ckpt[(e, "w3")][0]]) for e in range(E)])
-    w13s = torch.stack([torch.cat([ckpt[(e, "w1")][1], ckpt[(e, "w3")][1]]) for e in range(E)])
-    w2 = torch.stack([ckpt[(e, "w2")][0] for e in range(E)])
-    w2s = torch.stack([ckpt[(e, "w2")][1] for e in range(E)])
-    return x, ids, weights, moe_forward(x, w13, w13s, w2, w2s, weights, ids, impl="torch")
-
-
 def test_cpu_layer_keeps_one_copy_and_runs_torch() -> None:
     from sglang.srt.layers.moe.topk import StandardTopKOutput
 
@@ -113,7 +107,7 @@ def test_cpu_layer_keeps_one_copy_and_runs_torch() -> None:
     assert method.impl_in_use == "torch" and method.prepared is None
     one_copy = E * (2 * I * H // 2 + 2 * I * H // 32 + H * I // 2 + H * I // 32)  # packed nibbles + E8M0 scales
     assert method.held_bytes(layer) == one_copy
-    x, ids, weights, want = _reference_inputs(ckpt)
+    x, ids, weights, want = reference_inputs(ckpt, tokens=4, seed=2)
     dispatch = SimpleNamespace(hidden_states=x, topk_output=StandardTopKOutput(weights, ids, torch.zeros(4, E)))
     torch.testing.assert_close(method.apply(layer, dispatch).hidden_states, want)
 
@@ -151,7 +145,7 @@ def test_flashinfer_layout_replaces_the_raw_copy_after_loading(monkeypatch) -> N
     one_copy = E * (2 * I * H // 2 + 2 * I * H // 32 + H * I // 2 + H * I // 32)
     assert method.held_bytes(layer) == one_copy
     assert all(getattr(layer, name).numel() == 0 for name in method.names.values())  # raw copy freed
-    x, ids, weights, want = _reference_inputs(ckpt)
+    x, ids, weights, want = reference_inputs(ckpt, tokens=4, seed=2)
     dispatch = SimpleNamespace(hidden_states=x, topk_output=StandardTopKOutput(weights, ids, torch.zeros(4, E)))
     torch.testing.assert_close(method.apply(layer, dispatch).hidden_states, want)
     assert conversions == ["sm90_cutlass"] and not fi._prepared  # nothing built at the first forward

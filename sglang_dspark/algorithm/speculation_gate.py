@@ -224,7 +224,11 @@ class SpeculationGate:
         self.switches += 1
 
     def summary(self) -> dict[str, dict[str, float | str | int]]:
-        """Per bucket (labelled by its batch sizes): winner and measured tokens/s per mode."""
+        """Per bucket (labelled by its batch sizes): winner, measured tokens/s and steps per mode.
+
+        ``{mode}_steps`` count the steps behind the current estimate (a probe starts the
+        losing mode's afresh); ``speculate_steps_total`` counts every measured speculative step.
+        """
         out: dict[str, dict[str, float | str | int]] = {}
         for key in sorted(self._buckets):
             b = self._buckets[key]
@@ -233,6 +237,7 @@ class SpeculationGate:
             out[label] = {
                 "winner": b.winner.value,
                 **{f"{m.value}_tokens_per_second": b.measured[m].rate for m in Mode},
-                **{f"{m.value}_steps": b.measured[m].steps for m in Mode},
+                **{f"{m.value}_steps": b.measured[m].steps for m in Mode},  # since the mode's last probe
+                "speculate_steps_total": b.speculative_steps,  # never reset
             }
         return out

@@ -43,6 +43,20 @@ def test_first_step_after_a_mode_change_is_not_measured() -> None:
     assert summary["speculate_tokens_per_second"] == pytest.approx(2.0)
     assert summary["plain_tokens_per_second"] == pytest.approx(1.0)
     assert summary["speculate_steps"] == summary["plain_steps"] == 2
+    assert summary["speculate_steps_total"] == 2
+
+
+def test_total_speculative_steps_survive_a_probe() -> None:
+    """A probe of the losing mode starts its estimate afresh; the total keeps what was measured."""
+    gate = SpeculationGate(SpeculationGateConfig(warmup_steps=2, probe_steps=3, min_probe_interval=2))
+    for mode, seconds in [(Mode.SPECULATE, 1.0)] * 3 + [(Mode.PLAIN, 1.0)] * 4:  # plain is twice as fast
+        assert gate.choose(1) is mode
+        gate.record(1, mode, 1.0 if mode is Mode.SPECULATE else 2.0, seconds)
+    while gate.choose(1) is Mode.PLAIN:  # until the next probe of speculation begins
+        gate.record(1, Mode.PLAIN, 2.0, 1.0)
+    summary = gate.summary()["1"]
+    assert summary["winner"] == "plain"
+    assert summary["speculate_steps"] == 0 and summary["speculate_steps_total"] == 2
 
 
 def test_probes_of_a_far_slower_mode_are_spaced_by_their_cost() -> None:

@@ -12,12 +12,14 @@ def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every sub-command group attached."""
     from sglang_dspark.gpustack import cli as gpustack_cli
     from sglang_dspark.models import download_command
+    from sglang_dspark.sglang import preflight
 
     parser = argparse.ArgumentParser(prog="sglang-dspark", description="sglang-dspark tools")
     parser.add_argument("--version", action="version", version=f"sglang-dspark {__version__}")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{gpustack,download}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{gpustack,download,preflight}")
     gpustack_cli.add_parser(groups)
     download_command.add_parser(groups)
+    preflight.add_parser(groups)
     return parser
 
 

@@ -37,7 +37,7 @@ from sglang_dspark.models.fp8_block import quantize_fp8_block
 from sglang_dspark.models.synthetic import write_synthetic_v4_config
 from sglang_dspark.moe import mxfp4
 
-__all__ = ["V4Spec", "write_synthetic_v4_checkpoint", "INDEX_FILE"]
+__all__ = ["V4Spec", "write_real_shaped_v4_checkpoint", "write_synthetic_v4_checkpoint", "INDEX_FILE"]
 
 
 @dataclass(frozen=True)
@@ -213,4 +213,40 @@ def write_synthetic_v4_checkpoint(directory: str | Path, spec: V4Spec = V4Spec()
             total += tensor.numel() * tensor.element_size()
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (root / INDEX_FILE).write_text(json.dumps(index, indent=2))
+    return root
+
+
+# DeepSeek-V4-Flash-DSpark's config values, and where each comes from:
+# - write_synthetic_v4_config's defaults (hidden 4096, 43 layers, vocab 129280, 64 query heads, 1 KV head,
+#   head dim 512, q/o LoRA ranks 1024, 8 o-groups, 256 routed experts, top-6, 1 shared expert,
+#   moe_intermediate_size 2048, sliding window 128, hc_mult 4, YaRN x16 from 65536, dspark_block_size 5,
+#   dspark_noise_token_id 128799, dspark_target_layer_ids [40, 41, 42], dspark_markov_rank 256):
+#   the release as described in shared/docs/dspark.md;
+# - n_hash_layers 3, n_mtp_layers 3 (the drafter's mtp.0-2), expert_dtype fp4 and the FP8 e4m3 128x128 ue8m0
+#   quantization_config: the same document's checkpoint layout;
+# - index_head_dim 128, index_n_heads 64, index_topk 1024: DeepSeek-V4-Pro's published config (the Flash
+#   release's values were not at hand; SGLang 0.5.23 reads the keys for every V4 model);
+# - compress_ratios all 0 (no compressed layers): a simplification, as in the tiny checkpoints.
+REAL_V4_FLASH_OVERRIDES = {
+    "n_hash_layers": 3,
+    "n_mtp_layers": 3,
+    "compress_ratios": [0] * 46,
+    "expert_dtype": "fp4",
+    "index_head_dim": 128,
+    "index_n_heads": 64,
+    "index_topk": 1024,
+    "quantization_config": _config_overrides(V4Spec())["quantization_config"],
+}
+
+
+def write_real_shaped_v4_checkpoint(directory: str | Path) -> Path:
+    """A checkpoint directory with DeepSeek-V4-Flash-DSpark's real ``config.json`` over tiny shards.
+
+    The shards and index are the tiny synthetic checkpoint's (real tensor names, FP4/FP8 dtypes): enough
+    for everything that reads only the config and the safetensors headers and index (argument
+    resolution, preflight, the download check); the tensor shapes do not match the config, so nothing
+    may load its weights.
+    """
+    root = write_synthetic_v4_checkpoint(directory)
+    write_synthetic_v4_config(root, overrides=REAL_V4_FLASH_OVERRIDES)
     return root

@@ -79,11 +79,12 @@ def _create_worker(orig, self, server_args):
 
 
 def _handle_dspark(orig, server_args) -> None:
+    from sglang_dspark.sglang.server_args import check_builtin_dspark_args, handle_dspark
+
     choice = announce(dspark_choice(server_args))
     if not choice.ours:
+        check_builtin_dspark_args(server_args)
         return orig(server_args)
-    from sglang_dspark.sglang.server_args import handle_dspark
-
     handle_dspark(server_args)
 
 

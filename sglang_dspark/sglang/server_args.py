@@ -72,6 +72,46 @@ def target_shape(model_path: str | os.PathLike) -> tuple[int, int, int] | None:
         return None
 
 
+def check_chain_flags(*, eagle_topk: int | None, num_steps: int | None) -> None:
+    """DSPARK drafts one chain per request in one step: other values are errors, not silent overrides."""
+    if eagle_topk is not None and int(eagle_topk) != 1:
+        raise DSparkArgumentError(
+            f"--speculative-eagle-topk {eagle_topk}: DSPARK drafts one chain per request; "
+            "use --speculative-eagle-topk 1 (or leave it unset)."
+        )
+    if num_steps is not None and int(num_steps) != 1:
+        raise DSparkArgumentError(
+            f"--speculative-num-steps {num_steps}: DSPARK drafts a whole block in one step; "
+            "use --speculative-num-steps 1 (or leave it unset)."
+        )
+
+
+def check_builtin_dspark_args(server_args) -> None:
+    """Our checks in force when SGLang's built-in DSPARK serves: flags it would silently override, and a
+    bundled DeepSeek-V4 drafter's ``dspark_*`` keys and block size (it only warns about those)."""
+    from sglang.srt.arg_groups import speculative_hook as sh
+
+    cfg = sh.resolving_view(server_args)
+    check_chain_flags(eagle_topk=cfg.speculative_eagle_topk, num_steps=cfg.speculative_num_steps)
+    path = cfg.speculative_draft_model_path or cfg.model_path
+    cfg_path = Path(str(path)) / "config.json"
+    if not cfg_path.is_file():
+        return
+    raw = read_json(cfg_path)
+    if not any(key.startswith("dspark_") for key in raw):
+        return
+    try:
+        drafter = DSparkConfig.from_deepseek_v4(raw)
+    except DSparkConfigError as e:
+        raise DSparkArgumentError(f"{cfg_path}: {e}") from None
+    flag = cfg.speculative_dspark_block_size
+    if flag is not None and int(flag) != drafter.block_size:
+        raise DSparkArgumentError(
+            f"--speculative-dspark-block-size {flag} differs from the drafter's block size "
+            f"{drafter.block_size} ({cfg_path}); drop the flag or set it to {drafter.block_size}."
+        )
+
+
 def check_dspark_args(
     *,
     device: str,
@@ -102,16 +142,7 @@ def check_dspark_args(
             f"--attention-backend {attention_backend}: DSPARK verification on {dev} supports "
             f"{', '.join(b for b in allowed if b)}; pick one of those."
         )
-    if eagle_topk is not None and int(eagle_topk) != 1:
-        raise DSparkArgumentError(
-            f"--speculative-eagle-topk {eagle_topk}: DSPARK drafts one chain per request; "
-            "use --speculative-eagle-topk 1 (or leave it unset)."
-        )
-    if num_steps is not None and int(num_steps) != 1:
-        raise DSparkArgumentError(
-            f"--speculative-num-steps {num_steps}: DSPARK drafts a whole block in one step; "
-            "use --speculative-num-steps 1 (or leave it unset)."
-        )
+    check_chain_flags(eagle_topk=eagle_topk, num_steps=num_steps)
 
     drafter = drafter_config_from_dir(draft_path)
     shape = target_shape(model_path)

@@ -196,3 +196,18 @@ def test_forcing_sglang_where_it_cannot_serve_fails_during_resolution(tiny_targe
     assert f"{IMPL_ENV}=builtin: SGLang's built-in DSPARK refuses --device cpu" in results["dspark"].message
     assert results["mxfp4"].error_type == "ServingChoiceError"
     assert f"{MXFP4_RUNNER_ENV}=builtin" in results["mxfp4"].message and "not on CPU" in results["mxfp4"].message
+
+
+@pytest.mark.slow
+def test_preflight_agrees_with_sglang_serve_on_cpu(tiny_target, copy_drafter, bad_drafters):
+    """The cases run through real `sglang serve` above fail in `sglang-dspark preflight` with the same message."""
+    from tests.preflight_runner import preflight_cases
+
+    cases = startup_cases(tiny_target, copy_drafter, bad_drafters)
+    valid = [*cpu_serve_args(tiny_target), *dspark_args(copy_drafter)]
+    results = preflight_cases({"valid": {"argv": valid}, **{n: {"argv": cases[n][0]} for n in END_TO_END}},
+                              env=CPU_ENV)
+    assert results.pop("valid")["ok"]
+    for name in END_TO_END:
+        assert not results[name]["ok"], name
+        assert cases[name][1] in results[name]["errors"][0], (name, results[name])

@@ -40,6 +40,7 @@ from sglang_dspark.sglang.serving_choice import (
     ServingChoice,
     announce,
     choose_mxfp4,
+    cpu_engine_enabled,
     requested,
 )
 
@@ -52,7 +53,7 @@ FP8_GET_QUANT_METHOD = "sglang.srt.layers.quantization.fp8.Fp8Config.get_quant_m
 
 def device_facts() -> tuple[str, tuple[int, int] | None]:
     """(device, CUDA capability) of this process: what the MXFP4 choice depends on."""
-    if os.environ.get("SGLANG_USE_CPU_ENGINE", "0").lower() in ("1", "true", "yes") or not torch.cuda.is_available():
+    if cpu_engine_enabled() or not torch.cuda.is_available():
         return "cpu", None
     return "cuda", tuple(torch.cuda.get_device_capability())
 

@@ -26,7 +26,6 @@ server arguments (and, for MoE, the GPU), the same way in every process:
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from sglang_dspark.sglang.serving_choice import (
@@ -37,6 +36,7 @@ from sglang_dspark.sglang.serving_choice import (
     announce,
     choose_dspark,
     choose_mxfp4,
+    cpu_engine_enabled,
     drafter_architecture_at,
     requested,
 )
@@ -107,10 +107,6 @@ def _check_parallel_sizes(result, server_args):
     return result
 
 
-def _on_cpu() -> bool:
-    return os.environ.get("SGLANG_USE_CPU_ENGINE", "0").lower() in ("1", "true", "yes")
-
-
 def load() -> None:
     """Register sglang-dspark's hooks (called by SGLang's ``load_plugins``)."""
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
@@ -128,7 +124,7 @@ def load() -> None:
     HookRegistry.register(
         torch_native_verify.TARGET, torch_native_verify.forward_extend_with_verify, HookType.AROUND
     )
-    if _on_cpu():
+    if cpu_engine_enabled():
         from sglang_dspark.sglang.cpu_ops import install_cpu_fallbacks, register_cpu_ops
 
         register_cpu_ops()

@@ -58,6 +58,13 @@ V4_DRAFTER = "DeepseekV4ForCausalLMDSpark"
 SGLANG_MXFP4_SM_MAJORS = (9, 10, 12)
 
 
+def cpu_engine_enabled(environ: dict[str, str] | None = None) -> bool:
+    """Whether this process runs SGLang's CPU engine (``SGLANG_USE_CPU_ENGINE``), the CPU fact both choices read."""
+    return (environ if environ is not None else os.environ).get("SGLANG_USE_CPU_ENGINE", "0").lower() in (
+        "1", "true", "yes",
+    )
+
+
 class ServingChoiceError(ValueError):
     """An implementation was asked for on a path where it cannot serve."""
 

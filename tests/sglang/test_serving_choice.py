@@ -81,6 +81,13 @@ def test_env_values():
         requested(IMPL_ENV, {IMPL_ENV: "yes"})
 
 
+def test_cpu_engine_fact():
+    from sglang_dspark.sglang.serving_choice import cpu_engine_enabled
+
+    assert cpu_engine_enabled({"SGLANG_USE_CPU_ENGINE": "1"}) and cpu_engine_enabled({"SGLANG_USE_CPU_ENGINE": "True"})
+    assert not cpu_engine_enabled({}) and not cpu_engine_enabled({"SGLANG_USE_CPU_ENGINE": "0"})
+
+
 def test_drafter_architecture_of_configs():
     assert drafter_architecture({"architectures": ["DeepseekV4ForCausalLM"], "dspark_block_size": 5}) == V4_DRAFTER
     assert drafter_architecture({"architectures": ["LlamaDSparkModel"]}) == "LlamaDSparkModel"

@@ -88,6 +88,13 @@ class DSparkMetrics:
         )
         self._ece = RunningCalibrationError()
 
+    def observe_accepts(self, accept_lens: list[int], verified_tokens: int | None) -> None:
+        """A step's committed tokens per request and, when known, the tokens the target verified in it."""
+        for n in accept_lens:
+            self.accept_length.observe(n)
+        if verified_tokens is not None:
+            self.verify_tokens.observe(verified_tokens)
+
     def observe_step(
         self,
         *,
@@ -101,9 +108,7 @@ class DSparkMetrics:
         verify_lens_tensor: torch.Tensor,
         num_accepted: torch.Tensor,
     ) -> None:
-        for n in accept_lens:
-            self.accept_length.observe(n)
-        self.verify_tokens.observe(sum(v + 1 for v in verify_lens))
+        self.observe_accepts(accept_lens, sum(v + 1 for v in verify_lens))
         self.draft_seconds.observe(draft_seconds)
         self.schedule_seconds.observe(schedule_seconds)
         self.overhead_seconds.observe(overhead_seconds)

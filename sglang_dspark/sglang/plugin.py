@@ -9,7 +9,9 @@ server arguments (and, for MoE, the GPU), the same way in every process:
   weight is read, CPU allowed) when sglang-dspark serves DSPARK, SGLang's own
   otherwise; one start-up line says who serves and why;
 - ``SpeculativeAlgorithm.create_worker``: :class:`DSparkWorker` when
-  sglang-dspark serves DSPARK, SGLang's ``DSparkWorkerV2`` otherwise;
+  sglang-dspark serves DSPARK, SGLang's ``DSparkWorkerV2`` otherwise (with
+  our step metrics around it under ``--enable-metrics``, see
+  :mod:`.builtin_worker_metrics`);
 - ``TorchNativeAttnBackend.forward_extend``: TARGET_VERIFY on the CPU path;
 - ``Mxfp4Config``/``Fp8Config.get_quant_method``: MXFP4 experts under
   ``--moe-runner-backend flashinfer_mxfp4`` where sglang-dspark's runner serves
@@ -75,7 +77,12 @@ def _create_worker(orig, self, server_args):
         from sglang_dspark.sglang.worker import DSparkWorker
 
         return DSparkWorker
-    return orig(self, server_args)
+    worker_cls = orig(self, server_args)
+    if self is SpeculativeAlgorithm.DSPARK and getattr(server_args, "enable_metrics", False):
+        from sglang_dspark.sglang.builtin_worker_metrics import with_step_metrics
+
+        return with_step_metrics(worker_cls)
+    return worker_cls
 
 
 def _handle_dspark(orig, server_args) -> None:

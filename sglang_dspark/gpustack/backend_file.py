@@ -50,11 +50,24 @@ class ModelTemplate:
 
 
 @dataclass(frozen=True)
+class PreflightTarget:
+    """The node ``gpustack deploy`` preflights the template for, unless told another."""
+
+    gpu: str = "H20-141G"
+    gpus: int = 8
+
+    def __post_init__(self) -> None:
+        if self.gpus < 1:
+            raise ValueError(f"preflight.gpus must be at least 1, got {self.gpus}")
+
+
+@dataclass(frozen=True)
 class BackendFile:
     """Everything ``dspark-backend.yaml`` holds."""
 
     version: BackendVersion
     model: ModelTemplate
+    preflight: PreflightTarget = field(default_factory=PreflightTarget)
 
 
 def default_backend_file() -> Path:
@@ -97,10 +110,11 @@ def load_backend_file(path: str | Path | None = None) -> BackendFile:
             backend_parameters=tuple(str(p) for p in m["backend_parameters"]),
             env={str(k): str(v) for k, v in (m.get("env") or {}).items()},
         )
+        target = PreflightTarget(**{str(k): v for k, v in (raw.get("preflight") or {}).items()})
     except (KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{path}: malformed backend file ({e!r})") from None
     check_version_name(version.name)
-    return BackendFile(version=version, model=model)
+    return BackendFile(version=version, model=model, preflight=target)
 
 
 def check_version_name(name: str) -> None:

@@ -1,6 +1,7 @@
 """``sglang-dspark gpustack register|deploy``: argument parsing and exit codes.
 
-Exit status: 0 done; 1 GPUStack or input error (message on stderr);
+Exit status: 0 done; 1 GPUStack, input or preflight error (message on stderr;
+``deploy`` creates nothing when its preflight fails);
 2 usage error; 3 ``deploy`` stopped waiting before an instance ran.
 """
 
@@ -36,6 +37,12 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     dep.add_argument("--wait", type=float, default=1800.0, metavar="SECONDS",
                      help="how long to wait for a running instance; 0 returns at once (default 1800)")
     dep.add_argument("--poll", type=float, default=5.0, metavar="SECONDS", help=argparse.SUPPRESS)
+    pre = dep.add_argument_group("preflight (before anything is created)")
+    pre.add_argument("--gpu", help="GPU kind of the workers (default: the backend file's preflight.gpu)")
+    pre.add_argument("--gpus", type=int, help="GPUs per worker (default: the backend file's preflight.gpus)")
+    pre.add_argument("--model-dir", type=Path,
+                     help="local copy of the model's config.json and index (default: fetched from ModelScope)")
+    pre.add_argument("--skip-preflight", action="store_true", help="create the model without checking its command")
     dep.set_defaults(run=run_deploy)
 
 
@@ -98,14 +105,40 @@ def run_deploy(args: argparse.Namespace) -> int:
     from sglang_dspark.gpustack.deploy import deploy_model
 
     try:
-        template = load_backend_file(args.backend_file).model
+        backend_file = load_backend_file(args.backend_file)
+        template = backend_file.model
         if args.version_name:
             template = replace(template, backend_version=args.version_name)
+        if not args.skip_preflight and not _preflight(args, backend_file, template):
+            print("sglang-dspark gpustack deploy: preflight failed; nothing was created "
+                  "(fix the backend parameters, or --skip-preflight)", file=sys.stderr)
+            return 1
         result = deploy_model(
             _client(args), template, cluster_id=args.cluster_id, name=args.name,
             wait_s=args.wait, poll_s=args.poll, log=_log,
         )
-    except (GPUStackError, ValueError) as e:
+    except (GPUStackError, ValueError, RuntimeError) as e:
         print(f"sglang-dspark gpustack deploy: {e}", file=sys.stderr)
         return 1
     return {"running": 0, "not-waited": 0, "failed": 1, "timeout": 3}[result.outcome]
+
+
+def _preflight(args: argparse.Namespace, backend_file, template) -> bool:
+    """``sglang-dspark preflight`` of the command the workers will run; prints the plan; True when it serves."""
+    import tempfile
+
+    from sglang_dspark.gpustack.deploy_preflight import fetch_model_configs, preflight_template
+    from sglang_dspark.sglang.preflight import print_report
+
+    gpu = args.gpu or backend_file.preflight.gpu
+    gpus = args.gpus or backend_file.preflight.gpus
+    with tempfile.TemporaryDirectory(prefix="dspark-preflight-") as tmp:
+        if args.model_dir:
+            model_dir = args.model_dir
+        else:
+            _log(f"fetching {template.model_scope_model_id}'s config files from ModelScope (no weights)")
+            model_dir = fetch_model_configs(template.model_scope_model_id, Path(tmp) / "model")
+        _log(f"preflight of {template.name} on {gpus}x {gpu}:")
+        report = preflight_template(backend_file.version, template, model_dir, gpu=gpu, gpus=gpus)
+        print_report(report)
+    return report.ok

@@ -5,10 +5,11 @@ Runs SGLang 0.5.23's own argument resolution with this plugin's hooks
 facts stated through its ``override_platform``), on any machine; reads only
 config files and safetensors headers and index, never weights. Prints the plan
 (who serves DSPARK and the MoE runner and why, drafter, attention backend,
-parallel layout, checkpoint files) and every error SGLang or the plugin raises.
+parallel layout, checkpoint files, a per-GPU memory estimate from
+:mod:`.memory_plan`) and every error SGLang or the plugin raises. A directory
+with only the checkpoint's config and index files (what ``gpustack deploy``
+fetches) is enough: shard completeness is then not checked, and the plan says so.
 Exit status 0 when the plan serves, 1 otherwise, 2 on a usage error.
-
-Not computed yet: a KV-pool / memory estimate per GPU.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ def _resolve(argv: list[str], gpu: GpuFacts | None):
         return None, f"{type(e).__name__}: {e}"
 
 
-def _plan_lines(server_args, gpu: GpuFacts | None, gpus: int | None) -> tuple[list[str], list[str]]:
+def _plan_lines(server_args, gpu: GpuFacts | None, gpus: int | None,
+                checkpoint_bytes: int | None) -> tuple[list[str], list[str]]:
     from sglang.srt.arg_groups.model_override_base import resolved_view
 
     from sglang_dspark.sglang.plugin import dspark_choice
@@ -141,6 +143,15 @@ def _plan_lines(server_args, gpu: GpuFacts | None, gpus: int | None) -> tuple[li
         if experts:
             layout += f"; {experts // ep} of {experts} routed experts per rank"
     plan.append(layout)
+    if model_cfg.is_file() and gpu is not None and checkpoint_bytes:
+        from sglang_dspark.sglang.memory_plan import plan_memory
+
+        memory = plan_memory(text, checkpoint_bytes=checkpoint_bytes, gpu_gib=gpu.memory_gib, tp_size=tp,
+                             mem_fraction_static=float(cfg.mem_fraction_static or 0.9),
+                             kv_cache_dtype=str(cfg.kv_cache_dtype or "auto"))
+        plan.append(memory.line())
+        if memory.error():
+            errors.append(memory.error())
     if gpus is not None and tp * pp > gpus:
         errors.append(f"--tp-size {tp} x --pp-size {pp} needs {tp * pp} GPUs; --gpus {gpus} given: "
                       "lower the parallel sizes or add GPUs")
@@ -160,19 +171,29 @@ def preflight(argv: list[str], *, gpu: str | None = None, gpus: int | None = Non
             argv = [*argv, "--device", "cuda"]
     plan: list[str] = []
     errors: list[str] = []
+    checkpoint_bytes = None
     model = _flag_value(argv, "--model-path")
     if model and (Path(model) / INDEX_FILE).is_file():
-        try:
-            summary = check_checkpoint_index(model)
-            plan.append(f"checkpoint: {model}: {len(summary.shards)} shard(s), {summary.num_tensors} tensors, "
-                        f"{summary.total_bytes / 2**30:.2f} GiB, complete against its index")
-        except CheckpointIndexError as e:
-            errors.append(f"checkpoint: {e} (download it again: sglang-dspark download MODEL_ID)")
+        index = json.loads((Path(model) / INDEX_FILE).read_text())
+        shards = sorted(set((index.get("weight_map") or {}).values()))
+        if shards and not any((Path(model) / s).is_file() for s in shards):
+            checkpoint_bytes = (index.get("metadata") or {}).get("total_size")
+            size = f", {checkpoint_bytes / 2**30:.2f} GiB by its index" if checkpoint_bytes else ""
+            plan.append(f"checkpoint: {model}: configs only here ({len(shards)} shard(s) listed{size}); "
+                        "shard completeness not checked")
+        else:
+            try:
+                summary = check_checkpoint_index(model)
+                checkpoint_bytes = summary.total_bytes
+                plan.append(f"checkpoint: {model}: {len(summary.shards)} shard(s), {summary.num_tensors} tensors, "
+                            f"{summary.total_bytes / 2**30:.2f} GiB, complete against its index")
+            except CheckpointIndexError as e:
+                errors.append(f"checkpoint: {e} (download it again: sglang-dspark download MODEL_ID)")
     server_args, error = _resolve(argv, facts)
     if error:
         errors.append(error)
     else:
-        more_plan, more_errors = _plan_lines(server_args, facts, gpus)
+        more_plan, more_errors = _plan_lines(server_args, facts, gpus, checkpoint_bytes)
         plan += more_plan
         errors += more_errors
     return PreflightReport(tuple(plan), tuple(errors))
@@ -200,9 +221,14 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"ok": report.ok, "plan": report.plan, "errors": report.errors}, indent=2))
     else:
-        for line in report.plan:
-            print(f"  {line}")
-        for line in report.errors:
-            print(f"ERROR {line}")
-        print("preflight: the plan serves" if report.ok else f"preflight: {len(report.errors)} error(s)")
+        print_report(report)
     return 0 if report.ok else 1
+
+
+def print_report(report: PreflightReport) -> None:
+    """The plan, then each error, then the verdict, as the command prints them."""
+    for line in report.plan:
+        print(f"  {line}")
+    for line in report.errors:
+        print(f"ERROR {line}")
+    print("preflight: the plan serves" if report.ok else f"preflight: {len(report.errors)} error(s)", flush=True)

@@ -15,6 +15,7 @@ import pytest
 
 from sglang_dspark.gpustack.backend_file import load_backend_file
 from sglang_dspark.gpustack.register import backend_path
+from sglang_dspark.models.synthetic_v4 import write_real_shaped_v4_checkpoint
 from tests.gpustack.conftest import LiveGPUStack, run_cli
 from tests.gpustack.services import GPUSTACK_VENV, REPO, free_port
 
@@ -139,16 +140,41 @@ def test_server_without_the_api_is_a_clear_error(gpustack_live):
 
 def test_deploy_without_a_cluster_says_so(gpustack_live, seeded):
     assert gpustack_live.admin.get("/v2/clusters")["items"] == []
-    proc = run_cli("gpustack", "deploy", *_auth(gpustack_live), "--wait", "0")
+    proc = run_cli("gpustack", "deploy", *_auth(gpustack_live), "--wait", "0", "--skip-preflight")
     assert proc.returncode == 1
     assert "no cluster" in proc.stderr
 
 
-def test_deploy_creates_the_model_and_reports_instance_state(gpustack_live, seeded):
-    cluster = gpustack_live.admin.post("/v2/clusters", {"name": "dspark-test"})
-    proc = run_cli("gpustack", "deploy", *_auth(gpustack_live), "--wait", "15", "--poll", "1")
+@pytest.fixture(scope="module")
+def v4_configs(tmp_path_factory) -> Path:
+    """The real-shaped V4 checkpoint's config and index only: what deploy fetches from ModelScope."""
+    full = write_real_shaped_v4_checkpoint(tmp_path_factory.mktemp("v4") / "DeepSeek-V4-Flash-DSpark")
+    configs = tmp_path_factory.mktemp("v4-configs")
+    for f in full.glob("*.json"):
+        (configs / f.name).write_bytes(f.read_bytes())
+    return configs
+
+
+def test_deploy_with_a_wrong_parameter_creates_nothing(gpustack_live, seeded, v4_configs, tmp_path):
+    gpustack_live.admin.post("/v2/clusters", {"name": "dspark-test"})
+    bad = tmp_path / "backend.yaml"
+    bad.write_text((REPO / "gpustack" / "dspark-backend.yaml").read_text().replace("--tp-size 8", "--tp-size 3"))
+    proc = run_cli("gpustack", "deploy", *_auth(gpustack_live), "--backend-file", str(bad),
+                   "--model-dir", str(v4_configs), "--wait", "0")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "ERROR ParallelArgumentError: --tp-size 3" in proc.stdout
+    assert "preflight failed; nothing was created" in proc.stderr
+    assert gpustack_live.admin.get("/v2/models")["items"] == []
+
+
+def test_deploy_creates_the_model_and_reports_instance_state(gpustack_live, seeded, v4_configs):
+    (cluster,) = gpustack_live.admin.get("/v2/clusters")["items"]
+    proc = run_cli("gpustack", "deploy", *_auth(gpustack_live), "--wait", "15", "--poll", "1",
+                   "--model-dir", str(v4_configs))
     # No GPU worker exists here: the instance is never placed, so the wait times out cleanly.
     assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "preflight of deepseek-v4-flash-dspark on 8x H20-141G:" in proc.stdout
+    assert "configs only here" in proc.stdout and "preflight: the plan serves" in proc.stdout
     assert "created" in proc.stdout
     assert "instance deepseek-v4-flash-dspark-" in proc.stdout
     assert "gave up waiting after 15 s" in proc.stdout
@@ -170,7 +196,7 @@ def test_deploy_creates_the_model_and_reports_instance_state(gpustack_live, seed
 
 
 def test_deploy_again_reuses_the_model(gpustack_live, seeded):
-    proc = run_cli("gpustack", "deploy", *_auth(gpustack_live), "--wait", "0")
+    proc = run_cli("gpustack", "deploy", *_auth(gpustack_live), "--wait", "0", "--skip-preflight")
     assert proc.returncode == 0, proc.stderr
     assert "already exists" in proc.stdout
     items = gpustack_live.admin.get("/v2/models?search=deepseek-v4-flash-dspark")["items"]
@@ -179,7 +205,7 @@ def test_deploy_again_reuses_the_model(gpustack_live, seeded):
 
 def test_deploy_needs_the_registered_version(gpustack_live, seeded):
     proc = run_cli("gpustack", "deploy", *_auth(gpustack_live), "--version-name", "nope-custom",
-                   "--name", "other-model", "--wait", "0")
+                   "--name", "other-model", "--wait", "0", "--skip-preflight")
     assert proc.returncode == 1
     assert "run `sglang-dspark gpustack register` first" in proc.stderr
 

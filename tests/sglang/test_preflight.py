@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sglang_dspark.gpustack.backend_file import load_backend_file
+from sglang_dspark.gpustack.deploy_preflight import serve_argv
 from sglang_dspark.models.synthetic_v4 import write_real_shaped_v4_checkpoint
 from sglang_dspark.sglang.serving_choice import IMPL_ENV
 from tests.preflight_runner import preflight_cases
@@ -49,7 +50,15 @@ def damaged(v4, tmp_path_factory) -> dict[str, Path]:
     cfg = json.loads((no_key / "config.json").read_text())
     del cfg["dspark_markov_rank"]
     (no_key / "config.json").write_text(json.dumps(cfg))
-    return {"truncated": truncated, "no-key": no_key, "shard": shard}
+    configs = root / "configs-only"
+    configs.mkdir()
+    for f in v4.glob("*.json"):
+        (configs / f.name).write_bytes(f.read_bytes())
+    too_big = Path(shutil.copytree(configs, root / "too-big"))
+    index = json.loads((too_big / "model.safetensors.index.json").read_text())
+    index["metadata"]["total_size"] = 2 * 2**40  # 2 TiB: 256 GiB per GPU at --tp-size 8
+    (too_big / "model.safetensors.index.json").write_text(json.dumps(index))
+    return {"truncated": truncated, "no-key": no_key, "shard": shard, "configs": configs, "too-big": too_big}
 
 
 def test_seed_deployment_and_its_errors(v4, damaged):
@@ -65,6 +74,8 @@ def test_seed_deployment_and_its_errors(v4, damaged):
         "four-gpus": {"argv": seed_argv(v4), "gpu": "H20", "gpus": 4},
         "old-flag": {"argv": [w.replace("-bs-decode", "-bs") for w in seed_argv(v4)], **h20},
         "a100": {"argv": seed_argv(v4), "gpu": "A100", "gpus": 8},
+        "configs-only": {"argv": seed_argv(damaged["configs"]), **h20},
+        "too-big": {"argv": seed_argv(damaged["too-big"]), **h20},
     }, env=CPU_OFF)
     seed = results.pop("seed")
     assert seed["ok"], seed["errors"]
@@ -74,6 +85,10 @@ def test_seed_deployment_and_its_errors(v4, damaged):
     assert "block size 5, taps target layers [40, 41, 42], 3 drafter layer(s)" in plan
     assert "8 of 64 attention heads per rank; 32 of 256 routed experts per rank" in plan
     assert "attention backend: dsv4" in plan
+    assert "memory per GPU (estimate): weights 0.0 GiB, KV pool 81.6 GiB of 96 GiB x --mem-fraction-static 0.85" in plan
+    configs_only = results.pop("configs-only")
+    assert configs_only["ok"], configs_only["errors"]
+    assert "configs only here (7 shard(s) listed" in configs_only["plan"][0]
     expected = {
         "ours-forced": f"{IMPL_ENV}=sglang-dspark: sglang-dspark has no DeepSeek-V4 drafter worker",
         "tp3": "--tp-size 3 does not divide the model's 64 attention heads",
@@ -83,6 +98,7 @@ def test_seed_deployment_and_its_errors(v4, damaged):
         "no-key": "config lacks ['dspark_markov_rank']",
         "four-gpus": "--tp-size 8 x --pp-size 1 needs 8 GPUs; --gpus 4 given",
         "old-flag": "ambiguous option: --cuda-graph-max-bs",
+        "too-big": "the weights alone need about 256.0 GiB per GPU",
     }
     for name, text in expected.items():
         assert not results[name]["ok"], name
@@ -95,8 +111,7 @@ def test_seed_deployment_and_its_errors(v4, damaged):
 def test_shipped_gpustack_template_passes_preflight(v4):
     """What `sglang-dspark gpustack deploy` creates: the version's run command plus the template's parameters."""
     f = load_backend_file()
-    run = f.version.run_command.replace("{{model_path}}", str(v4)).replace("{{worker_ip}}", "127.0.0.1")
-    argv = run.replace("{{port}}", "30000").split() + [w for p in f.model.backend_parameters for w in p.split()]
+    argv = serve_argv(f.version, f.model, v4)
     result = preflight_cases({"template": {"argv": argv, "gpu": "H20", "gpus": 8}}, env=CPU_OFF)["template"]
     assert result["ok"], result["errors"]
 

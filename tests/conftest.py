@@ -72,7 +72,10 @@ def servers(tiny_target, copy_drafter, server_logs):
     Small prefill chunks so that long prompts are prefilled in several chunks.
     """
     common = [*cpu_serve_args(tiny_target), "--chunked-prefill-size", str(CHUNKED_PREFILL_SIZE)]
-    plain = ServerProcess(common, server_logs / "plain.log")
+    # The reference decodes without SGLang's overlap scheduler, as the DSPARK server on CPU does:
+    # with it, SGLang 0.5.23 counts penalties one token late (the prompt's last token instead of
+    # the newest output token; docs/request-options.md), which is not what plain decoding means.
+    plain = ServerProcess([*common, "--disable-overlap-schedule"], server_logs / "plain.log")
     # The speculation gate off: these tests exist to exercise multi-token commits, and on a
     # busy 2-core box the gate rightly finds plain decoding faster and stops drafting.
     spec = ServerProcess(

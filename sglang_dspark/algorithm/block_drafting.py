@@ -133,7 +133,7 @@ def draft_block(
         step = markov_head.step(prev, backbone_hidden[:, k], state)
         state = step.state
         logits_k = backbone_logits[:, k].float() + step.bias.float()
-        probs_k = logits_to_probs(logits_k, sampling.temperature, sampling.top_p, sampling.top_k)
+        probs_k = logits_to_probs(logits_k, sampling.temperature, sampling.top_p, sampling.top_k, sampling.min_p)
         prev = sample_from_probs(
             probs_k, generator=generator, uniforms=None if uniforms is None else uniforms[:, k]
         )

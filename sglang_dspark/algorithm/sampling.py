@@ -41,6 +41,7 @@ class SamplingParams:
         temperature: float32; ``<= GREEDY_TEMPERATURE`` means greedy.
         top_p: float32 in ``(0, 1]``; 1 disables nucleus filtering.
         top_k: int64; ``<= 0`` disables top-k.
+        min_p: float32 in ``[0, 1]`` or ``None`` (0 / ``None`` disables min-p).
 
     Construction checks shapes, dtypes and devices (no device sync); value
     ranges are checked by :meth:`create`, which builds from host values.
@@ -49,9 +50,14 @@ class SamplingParams:
     temperature: torch.Tensor
     top_p: torch.Tensor
     top_k: torch.Tensor
+    min_p: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         tensors = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
+        if self.min_p is not None:
+            tensors["min_p"] = self.min_p
+            if self.min_p.shape != self.temperature.shape or self.min_p.device != self.temperature.device:
+                raise ValueError("SamplingParams.min_p must match temperature's shape and device.")
         for name, value in tensors.items():
             if not isinstance(value, torch.Tensor) or value.ndim != 1:
                 raise ValueError(f"SamplingParams.{name} must be a 1-D tensor [B].")
@@ -133,12 +139,16 @@ class SamplingParams:
     def to(self, device: torch.device | str) -> "SamplingParams":
         """Copy onto ``device``."""
         return SamplingParams(
-            self.temperature.to(device), self.top_p.to(device), self.top_k.to(device)
+            self.temperature.to(device), self.top_p.to(device), self.top_k.to(device),
+            None if self.min_p is None else self.min_p.to(device),
         )
 
     def select(self, rows: torch.Tensor) -> "SamplingParams":
         """Parameters of a subset of rows (index tensor or bool mask)."""
-        return SamplingParams(self.temperature[rows], self.top_p[rows], self.top_k[rows])
+        return SamplingParams(
+            self.temperature[rows], self.top_p[rows], self.top_k[rows],
+            None if self.min_p is None else self.min_p[rows],
+        )
 
 
 def logits_to_probs(
@@ -146,6 +156,7 @@ def logits_to_probs(
     temperature: torch.Tensor,
     top_p: torch.Tensor,
     top_k: torch.Tensor,
+    min_p: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Processed sampling distribution, float32, same shape as ``logits``.
 
@@ -154,6 +165,7 @@ def logits_to_probs(
         temperature: ``[B]``; greedy rows give a one-hot of the argmax.
         top_p: ``[B]`` nucleus mass (1 = off).
         top_k: ``[B]`` (``<= 0`` = off).
+        min_p: ``[B]`` or ``None`` (0 = off).
 
     Returns:
         ``[B, ..., V]`` probabilities; each row sums to 1.
@@ -182,6 +194,9 @@ def logits_to_probs(
     mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
     # top_p == 1 must keep everything even when the float cumsum overshoots 1.
     keep_sorted = (ranks < k) & ((mass_before <= p) | (p >= 1.0))
+    if min_p is not None:
+        m = min_p.to(device=device, dtype=torch.float32).view(view)
+        keep_sorted &= sorted_probs >= sorted_probs[..., :1] * m
     keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
     probs = torch.where(keep, probs, torch.zeros_like(probs))
     probs = probs / probs.sum(dim=-1, keepdim=True)

@@ -20,6 +20,9 @@ server arguments (and, for MoE, the GPU), the same way in every process:
   model's heads and experts (see :mod:`.parallel_args`), and a forced MXFP4
   runner that cannot serve on the device;
 - the request guards, whoever serves;
+- ``BatchedPenalizerOrchestrator.__init__``: penalties apply in SGLang's
+  source order in every process (SGLang builds them from a set, so the order
+  changed between processes), see :mod:`.verify_logits`;
 - ``get_available_gpu_memory``: only when the test-only
   ``SGLANG_DSPARK_CPU_MEMORY_BUDGET_BYTES`` is set, a CPU device of that many
   bytes (see :mod:`.memory_budget`).
@@ -118,12 +121,13 @@ def load() -> None:
     """Register sglang-dspark's hooks (called by SGLang's ``load_plugins``)."""
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-    from sglang_dspark.sglang import memory_budget, request_guards, torch_native_verify
+    from sglang_dspark.sglang import memory_budget, request_guards, torch_native_verify, verify_logits
     from sglang_dspark.sglang.mxfp4_moe_runner import register_hooks as register_mxfp4_runner
 
     requested(IMPL_ENV), requested(MXFP4_RUNNER_ENV)  # a misspelt value fails at start-up, in every process
     register_mxfp4_runner()  # --moe-runner-backend flashinfer_mxfp4, independent of DSPARK
     HookRegistry.register(request_guards.TARGET, request_guards.check_prompt_tokens, HookType.AROUND)
+    HookRegistry.register(verify_logits.ORCHESTRATOR_INIT, verify_logits.canonical_penalizer_order, HookType.AROUND)
     HookRegistry.register(_CHECK_SERVER_ARGS, _check_parallel_sizes, HookType.AFTER)
     memory_budget.install()  # test-only; nothing unless its variable is set
     HookRegistry.register(_CREATE_WORKER, _create_worker, HookType.AROUND)

@@ -37,7 +37,6 @@ from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode
 from sglang.srt.runtime_context import get_spec
 from sglang.srt.speculative.base_spec_worker import BaseSpecWorker
 from sglang.srt.speculative.dflash_info import DFlashVerifyInput
-from sglang.srt.speculative.dflash_utils import apply_dflash_verify_logits_adjustments
 from sglang.srt.speculative.draft_worker_common import make_draft_input_v2
 
 from sglang_dspark.algorithm.acceptance_guard import AcceptanceGuard
@@ -61,6 +60,7 @@ from sglang_dspark.models.paged_context import PagedDrafterContext
 from sglang_dspark.sglang.fault_injection import DraftFaultInjector
 from sglang_dspark.sglang.sps_files import load_sps_table
 from sglang_dspark.sglang.verify_batch import VerifyLayout, plan_verify_layout, ragged_supported
+from sglang_dspark.sglang.verify_logits import has_logit_processing, plain_rows, process_verify_logits
 from sglang_dspark.sglang.tp_sync import broadcast_from_first_rank, full_vocab_weight, tp_rank, tp_world_size
 
 logger = logging.getLogger(__name__)
@@ -443,10 +443,12 @@ class DSparkWorker(BaseSpecWorker):
             return
         sampling = self._sampling_params(sampling_info)
         with torch.inference_mode():
-            probs = logits_to_probs(logits.float(), sampling.temperature, sampling.top_p, sampling.top_k)
+            probs = logits_to_probs(logits.float(), sampling.temperature, sampling.top_p, sampling.top_k, sampling.min_p)
             noise = uniforms_for_batch(seeds, batch.seq_lens.long(), PREFILL_STREAM, 1, self.generator)
             resampled = sample_from_probs(probs, uniforms=noise[:, 0])
-        seeded = torch.tensor([s is not None for s in seeds], device=resampled.device)
+        # Penalties, grammars, biases: the sampler's processed row is not in ``logits``; keep its token.
+        seeded = torch.tensor([s is not None and not has_logit_processing(r) for s, r in zip(seeds, batch.reqs)],
+                              device=resampled.device)
         out.next_token_ids = torch.where(seeded, resampled.to(out.next_token_ids), out.next_token_ids).contiguous()
         broadcast_from_first_rank(out.next_token_ids)
 
@@ -456,10 +458,12 @@ class DSparkWorker(BaseSpecWorker):
         # SGLang encodes greedy as top_k == 1 (temperature is then 1.0).
         temperature = torch.where(top_k == 1, torch.zeros_like(temperature), temperature)
         top_k = torch.where(top_k >= (1 << 30), torch.zeros_like(top_k), top_k)
+        min_p = sampling_info.min_ps.view(-1).float().to(self.device) if sampling_info.need_min_p_sampling else None
         return SamplingParams(
             temperature=temperature.to(self.device),
             top_p=sampling_info.top_ps.view(-1).float().to(self.device),
             top_k=top_k.to(self.device),
+            min_p=min_p,
         )
 
     def _request_seeds(self, batch) -> list[int | None] | None:
@@ -565,8 +569,10 @@ class DSparkWorker(BaseSpecWorker):
         seeds = None if greedy else self._request_seeds(batch)
 
         mode = self._choose_mode(bs)
+        plain = plain_rows(batch)
         t0 = time.perf_counter()
-        block = self._draft(batch, anchors, prefix, rows, sampling, seeds) if mode is Mode.SPECULATE else None
+        drafting = mode is Mode.SPECULATE and not all(plain)
+        block = self._draft(batch, anchors, prefix, rows, sampling, seeds) if drafting else None
         t1 = time.perf_counter()
         if block is None:
             verify_lens = torch.zeros((bs,), dtype=torch.long, device=self.device)
@@ -575,6 +581,8 @@ class DSparkWorker(BaseSpecWorker):
         else:
             confidence = block.confidence if self.corrector is None else self.corrector.correct(block.confidence)
             verify_lens = schedule_prefixes(confidence, self.sps_table)
+        if block is not None and any(plain):
+            verify_lens = verify_lens.masked_fill(torch.tensor(plain, device=self.device), 0)
         draft_tokens = anchors.new_zeros((bs, 0)) if block is None else block.tokens.contiguous()
         # One decision for all tensor-parallel ranks (rank 0's; identical inputs make them equal anyway).
         broadcast_from_first_rank(verify_lens, draft_tokens)
@@ -604,18 +612,14 @@ class DSparkWorker(BaseSpecWorker):
         t4 = time.perf_counter()
         logits = layout.to_padded(logits_output.next_token_logits)
         logits_output.next_token_logits = logits.view(bs * width, -1)
-        apply_dflash_verify_logits_adjustments(
-            next_token_logits=logits_output.next_token_logits,
-            sampling_info=sampling_info,
-            draft_token_num=width,
-        )
+        process_verify_logits(logits, batch, drafts, verify_lens_cpu)
 
         with torch.inference_mode():
             if greedy:
                 result = verify_block(drafts, None, logits, greedy=True, verify_lens=verify_lens)
             else:
                 target_probs = logits_to_probs(
-                    logits.float(), sampling.temperature, sampling.top_p, sampling.top_k
+                    logits.float(), sampling.temperature, sampling.top_p, sampling.top_k, sampling.min_p
                 )
                 draft_probs = (
                     target_probs[:, :0] if block is None else block.probs[:, : width - 1]

@@ -110,3 +110,12 @@ def test_sampling_params_validation():
     assert sub.batch_size == 1 and math.isclose(float(sub.top_p[0]), 0.9, rel_tol=1e-6)
     with pytest.raises(ValueError, match=r"temperature must have shape \[3\]"):
         logits_to_probs(torch.zeros(3, 5), params.temperature, params.top_p, params.top_k)
+
+
+def test_min_p_drops_tokens_below_a_share_of_the_most_likely():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.5, 0.3, 0.15, 0.05]]))
+    one = torch.ones(2)
+    probs = logits_to_probs(logits, one, one, torch.zeros(2, dtype=torch.long), torch.tensor([0.2, 0.0]))
+    # Row 0: keep p >= 0.2 * 0.5 = 0.1 -> 0.5, 0.3, 0.15 renormalised; row 1: min_p 0 keeps all.
+    assert torch.allclose(probs[0], torch.tensor([0.5, 0.3, 0.15, 0.0]) / 0.95)
+    assert torch.allclose(probs[1], torch.tensor([0.5, 0.3, 0.15, 0.05]))

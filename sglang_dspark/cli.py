@@ -12,14 +12,16 @@ def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every sub-command group attached."""
     from sglang_dspark.gpustack import cli as gpustack_cli
     from sglang_dspark.models import download_command
+    from sglang_dspark.selftest import command as selftest_command
     from sglang_dspark.sglang import preflight
 
     parser = argparse.ArgumentParser(prog="sglang-dspark", description="sglang-dspark tools")
     parser.add_argument("--version", action="version", version=f"sglang-dspark {__version__}")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{gpustack,download,preflight}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{gpustack,download,preflight,selftest}")
     gpustack_cli.add_parser(groups)
     download_command.add_parser(groups)
     preflight.add_parser(groups)
+    selftest_command.add_parser(groups)
     return parser
 
 

@@ -17,6 +17,7 @@ With the anchor at position ``p``, ``tokens[:, k]`` is the draft for position
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -93,6 +94,7 @@ def draft_block(
     sts_temperatures: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     uniforms: torch.Tensor | None = None,
+    logits_processor: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> DraftBlock:
     """Draft a block sequentially through the Markov head.
 
@@ -107,6 +109,11 @@ def draft_block(
         generator: RNG for sampled rows.
         uniforms: optional ``[B, K]`` noise in ``(0, 1)`` that fixes the sampled
             tokens instead of ``generator`` (see :mod:`.seeded_noise`).
+        logits_processor: optional ``f(k, logits_k, prev)`` that edits position
+            ``k``'s ``[B, V]`` float32 logits in place before they become the
+            draft distribution (``prev``: the token drafted at ``k - 1``, the
+            anchor at 0), e.g. a grammar mask, so that drafts obey a request's
+            constraints. The returned ``probs`` are what the drafts were sampled from.
     """
     if backbone_logits.ndim != 3 or backbone_hidden.ndim != 3:
         raise ValueError(
@@ -133,6 +140,8 @@ def draft_block(
         step = markov_head.step(prev, backbone_hidden[:, k], state)
         state = step.state
         logits_k = backbone_logits[:, k].float() + step.bias.float()
+        if logits_processor is not None:
+            logits_processor(k, logits_k, prev)
         probs_k = logits_to_probs(logits_k, sampling.temperature, sampling.top_p, sampling.top_k, sampling.min_p)
         prev = sample_from_probs(
             probs_k, generator=generator, uniforms=None if uniforms is None else uniforms[:, k]

@@ -555,8 +555,9 @@ class DeepSpecDrafter(nn.Module):
         sts_temperatures: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         uniforms: torch.Tensor | None = None,
+        logits_processor=None,
     ) -> DraftBlock:
-        """Backbone pass plus sequential Markov drafting of one block."""
+        """Backbone pass plus sequential Markov drafting of one block (``logits_processor``: see :func:`draft_block`)."""
         out = self.forward_block(anchor_tokens, cache)
         return draft_block(
             out.logits,
@@ -568,6 +569,7 @@ class DeepSpecDrafter(nn.Module):
             sts_temperatures=sts_temperatures,
             generator=generator,
             uniforms=uniforms,
+            logits_processor=logits_processor,
         )
 
 

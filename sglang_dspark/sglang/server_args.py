@@ -219,6 +219,12 @@ def handle_dspark(server_args) -> None:
             "use tensor/expert parallelism, or SGLANG_DSPARK_IMPL=builtin."
         )
 
+    if getattr(cfg, "enable_watermark", False):
+        raise DSparkArgumentError(
+            "--enable-watermark: sglang-dspark's DSPARK does not watermark drafted positions; "
+            "serve watermarked requests without --speculative-algorithm DSPARK."
+        )
+
     draft_path = cfg.speculative_draft_model_path
     if draft_path is None:
         if sh._target_checkpoint_bundles_dspark_draft(server_args):

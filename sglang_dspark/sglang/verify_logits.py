@@ -167,3 +167,62 @@ def process_verify_logits(logits: torch.Tensor, batch, drafts: torch.Tensor, ver
     logit_bias = getattr(sampling_info, "logit_bias", None)
     if logit_bias is not None:
         logits.add_(logit_bias.to(logits)[:, None, :])
+
+
+class DraftConstraints:
+    """Draft-time logit processing: each constrained request's grammar mask and its logit bias.
+
+    A ``logits_processor`` for :func:`~sglang_dspark.algorithm.block_drafting.draft_block`:
+    position ``k`` is masked with the grammar's state after the drafts before
+    it (the matcher advanced token by token as they are drafted), so no
+    position is spent on a draft the target must reject. :meth:`close` rolls
+    every matcher back. Without it a drafter proposes what the grammar forbids
+    and the verify rejects it: output is the same, acceptance lower.
+    """
+
+    def __init__(self, batch) -> None:
+        self.reqs = batch.reqs
+        self.logit_bias = getattr(batch.sampling_info, "logit_bias", None)
+        self.grammars = {i: r.grammar for i, r in enumerate(self.reqs)
+                         if getattr(r, "grammar", None) is not None and hasattr(r.grammar, "fill_vocab_mask")
+                         and not r.grammar.is_terminated()}
+        self.advanced = dict.fromkeys(self.grammars, 0)
+        self.stopped: set[int] = set()
+
+    @classmethod
+    def for_batch(cls, batch) -> "DraftConstraints | None":
+        """The processor, or ``None`` when no request of ``batch`` has a grammar or a logit bias."""
+        constraints = cls(batch)
+        return constraints if constraints.grammars or constraints.logit_bias is not None else None
+
+    def __call__(self, k: int, logits: torch.Tensor, prev: torch.Tensor) -> None:
+        v = logits.shape[-1]
+        if self.grammars:
+            prev_ids = prev.tolist() if k > 0 else None
+            for i, grammar in self.grammars.items():
+                if i in self.stopped:
+                    continue
+                if k > 0:
+                    try:
+                        grammar.accept_token(int(prev_ids[i]))
+                    except ValueError:
+                        self.stopped.add(i)
+                        continue
+                    self.advanced[i] += 1
+                    if grammar.is_terminated():
+                        self.stopped.add(i)
+                        continue
+                mask = grammar.allocate_vocab_mask(v, 1, logits.device)
+                if mask is None:
+                    continue
+                grammar.fill_vocab_mask(mask, 0)
+                grammar.apply_vocab_mask(logits[i: i + 1], grammar.move_vocab_mask(mask, logits.device))
+        if self.logit_bias is not None:
+            logits.add_(self.logit_bias.to(logits))
+
+    def close(self) -> None:
+        """Roll every matcher back to where drafting found it."""
+        for i, n in self.advanced.items():
+            if n:
+                self.grammars[i].rollback(n)
+        self.advanced = dict.fromkeys(self.grammars, 0)

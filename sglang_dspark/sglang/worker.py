@@ -60,7 +60,12 @@ from sglang_dspark.models.paged_context import PagedDrafterContext
 from sglang_dspark.sglang.fault_injection import DraftFaultInjector
 from sglang_dspark.sglang.sps_files import load_sps_table
 from sglang_dspark.sglang.verify_batch import VerifyLayout, plan_verify_layout, ragged_supported
-from sglang_dspark.sglang.verify_logits import has_logit_processing, plain_rows, process_verify_logits
+from sglang_dspark.sglang.verify_logits import (
+    DraftConstraints,
+    has_logit_processing,
+    plain_rows,
+    process_verify_logits,
+)
 from sglang_dspark.sglang.tp_sync import broadcast_from_first_rank, full_vocab_weight, tp_rank, tp_world_size
 
 logger = logging.getLogger(__name__)
@@ -480,6 +485,7 @@ class DSparkWorker(BaseSpecWorker):
         """
         if not self.speculating:
             return None
+        constraints = DraftConstraints.for_batch(batch)
         try:
             self.fault_injector.maybe_raise()
             with torch.inference_mode():
@@ -493,10 +499,14 @@ class DSparkWorker(BaseSpecWorker):
                     uniforms=None
                     if seeds is None
                     else uniforms_for_batch(seeds, prefix, DRAFT_STREAM, self.block_size, self.generator),
+                    logits_processor=constraints,
                 )
         except Exception as e:  # noqa: BLE001 - any drafter failure falls back to plain decoding
             self._record_fallback("draft", e)
             return None
+        finally:
+            if constraints is not None:
+                constraints.close()
 
     def _write_context(self, hidden: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor) -> None:
         """Store committed tokens' drafter context; a failure only costs later acceptance."""

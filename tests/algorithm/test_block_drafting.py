@@ -166,3 +166,30 @@ def test_shape_errors():
         )
     with pytest.raises(ValueError, match=r"probs must be \[1, 2, V\]"):
         DraftBlock(torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 3, 5), None, None)
+
+
+@torch.no_grad()
+def test_logits_processor_constrains_each_position_given_the_drafts_before_it():
+    # A toy "grammar": after token t the next token may not be t + 1 (mod 4); position 0 sees the anchor.
+    cfg = config(vocab=4, rank=4)
+    markov, conf = heads(cfg)
+    markov.markov_w1.weight.copy_(torch.eye(4))
+    markov.markov_w2.weight.copy_(3.0 * torch.roll(torch.eye(4), 1, dims=0))  # prefers t -> t + 1
+    seen = []
+
+    def forbid_successor(k, logits, prev):
+        seen.append((k, prev.tolist()))
+        logits[torch.arange(logits.shape[0]), (prev + 1) % 4] = float("-inf")
+
+    anchors = torch.tensor([0, 2])
+    hidden = torch.randn(2, 4, H)
+    U = torch.rand(2, 4, 4)
+    block = draft_block(U, hidden, anchors, markov, conf, SamplingParams.greedy(2), logits_processor=forbid_successor)
+    chain = torch.cat([anchors[:, None], block.tokens], 1)
+    assert bool((chain[:, 1:] != (chain[:, :-1] + 1) % 4).all())
+    assert [k for k, _ in seen] == [0, 1, 2, 3] and seen[0][1] == [0, 2]
+    assert seen[1][1] == block.tokens[:, 0].tolist()  # the processor sees each draft before the next position
+    sampled = draft_block(U, hidden, anchors, markov, conf, SamplingParams.create([1.0, 1.0]),
+                          generator=torch.Generator().manual_seed(0), logits_processor=forbid_successor)
+    prev = torch.cat([anchors[:, None], sampled.tokens[:, :-1]], 1)
+    assert bool((sampled.probs.gather(-1, ((prev + 1) % 4)[..., None]) == 0).all())  # probs are the masked law

@@ -110,3 +110,29 @@ def test_batch_mixing_constrained_and_unconstrained_requests(servers):
         outs = list(ex.map(lambda job: generate(spec, job[0], **job[1])["output_ids"], jobs))
     for (prompt, params), ref, out in zip(jobs, refs, outs):
         assert out == ref, (prompt, params)
+
+
+def test_stop_regex_parallel_samples_and_structural_tag(servers):
+    import re
+
+    plain, spec = servers
+    for prompt in PROMPTS[:4]:
+        text = generate(plain, prompt, max_new_tokens=40)["text"]
+        if len(text) >= 14:
+            _same(plain, spec, prompt, max_new_tokens=40, stop_regex=re.escape(text[10:13]))
+    refs = requests.post(plain.url + "/generate", json={"text": PROMPTS[0], "sampling_params": {
+        "temperature": 0, "max_new_tokens": 20, "n": 2}}, timeout=600).json()
+    outs = requests.post(spec.url + "/generate", json={"text": PROMPTS[0], "sampling_params": {
+        "temperature": 0, "max_new_tokens": 20, "n": 2}}, timeout=600).json()
+    assert [o["output_ids"] for o in outs] == [r["output_ids"] for r in refs]
+    tag = {"type": "structural_tag", "triggers": ["<f>"],
+           "structures": [{"begin": "<f>", "schema": {"type": "object", "properties": {"a": {"type": "integer"}}},
+                           "end": "</f>"}]}
+    _same(plain, spec, "Call <f>", max_new_tokens=30, structural_tag=json.dumps(tag))
+
+
+def test_beam_search_is_refused_with_a_400(servers):
+    _, spec = servers
+    r = requests.post(spec.url + "/generate", json={"text": "Hi", "sampling_params": {
+        "temperature": 0, "max_new_tokens": 8, "beam_width": 2}}, timeout=600)
+    assert r.status_code == 400 and "Beam search is not supported with speculative decoding" in r.text

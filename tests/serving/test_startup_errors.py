@@ -135,6 +135,8 @@ def startup_cases(tiny_target: Path, copy_drafter: Path, bad_drafters: dict[str,
                       "--attention-backend triton"),
         "no-drafter": ([*base, *dspark_args()], "--speculative-draft-model-path is required"),
         "tp-size": ([*base, "--tp-size", "3"], "--tp-size 3 does not divide the model's 4 attention heads"),
+        "watermark": ([*base, *dspark_args(copy_drafter), "--enable-watermark"],
+                      "--enable-watermark: sglang-dspark's DSPARK does not watermark drafted positions"),
     }
 
 

@@ -21,6 +21,7 @@ HISTOGRAMS = (
 )
 # Counters of the worker's info record (``/server_info`` -> internal_states[0].dspark_info_record).
 INFO_COUNTERS = (
+    "dspark_decode_steps",
     "dspark_verify_steps",
     "dspark_draft_seconds",
     "dspark_schedule_seconds",

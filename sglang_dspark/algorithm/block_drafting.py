@@ -135,6 +135,7 @@ def draft_block(
         batch, device=backbone_hidden.device, dtype=backbone_hidden.dtype
     )
     prev = anchor_tokens.long()
+    all_greedy = bool(sampling.is_greedy.all())
     tokens, probs, features = [], [], []
     for k in range(num_pos):
         step = markov_head.step(prev, backbone_hidden[:, k], state)
@@ -143,9 +144,12 @@ def draft_block(
         if logits_processor is not None:
             logits_processor(k, logits_k, prev)
         probs_k = logits_to_probs(logits_k, sampling.temperature, sampling.top_p, sampling.top_k, sampling.min_p)
-        prev = sample_from_probs(
-            probs_k, generator=generator, uniforms=None if uniforms is None else uniforms[:, k]
-        )
+        if all_greedy:
+            prev = probs_k.argmax(dim=-1)  # one-hot rows: no sampling needed
+        else:
+            prev = sample_from_probs(
+                probs_k, generator=generator, uniforms=None if uniforms is None else uniforms[:, k]
+            )
         tokens.append(prev)
         probs.append(probs_k)
         features.append(step.prev_features)

@@ -183,12 +183,17 @@ def logits_to_probs(
     temp = temperature.to(device=device, dtype=torch.float32).view(view)
     greedy = temp <= GREEDY_TEMPERATURE
     x = logits.float()
+    one_hot = torch.zeros_like(x).scatter_(-1, x.argmax(dim=-1, keepdim=True), 1.0)
+    if bool(greedy.all()):
+        return one_hot  # no softmax, no sort: the common greedy case
 
     probs = torch.softmax(x / torch.where(greedy, torch.ones_like(temp), temp), dim=-1)
 
     k = top_k.to(device=device, dtype=torch.int64).view(view)
     k = torch.where((k <= 0) | (k > vocab), torch.full_like(k, vocab), k)
     p = top_p.to(device=device, dtype=torch.float32).view(view)
+    if not bool((k < vocab).any() | (p < 1.0).any()) and (min_p is None or not bool((min_p > 0).any())):
+        return torch.where(greedy, one_hot, probs)  # no filter on any row: skip the vocabulary sort
     sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
     ranks = torch.arange(vocab, device=device)
     mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
@@ -200,8 +205,6 @@ def logits_to_probs(
     keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
     probs = torch.where(keep, probs, torch.zeros_like(probs))
     probs = probs / probs.sum(dim=-1, keepdim=True)
-
-    one_hot = torch.zeros_like(probs).scatter_(-1, x.argmax(dim=-1, keepdim=True), 1.0)
     return torch.where(greedy, one_hot, probs)
 
 

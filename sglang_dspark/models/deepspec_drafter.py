@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.profiler import record_function
 import torch.nn.functional as F
 from torch import nn
 
@@ -519,12 +520,15 @@ class DeepSpecDrafter(nn.Module):
         cos, sin = self.rotary_emb(positions)
         mask = cache.valid_mask()
         x = shared.embed_tokens(block_ids).to(self._dtype)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, cache.keys[i], cache.values[i], mask)
-        hidden = self.norm(x)
+        with record_function("dspark.draft.layers"):
+            for i, layer in enumerate(self.layers):
+                x = layer(x, cos, sin, cache.keys[i], cache.values[i], mask)
+            hidden = self.norm(x)
         head_weight = getattr(shared.lm_head, "weight", None)
         head_in = hidden if head_weight is None else hidden.to(head_weight.dtype)
-        return DrafterOutput(hidden=hidden, logits=shared.lm_head(head_in))
+        with record_function("dspark.draft.lm_head"):
+            logits = shared.lm_head(head_in)
+        return DrafterOutput(hidden=hidden, logits=logits)
 
     def forward(
         self,
@@ -558,19 +562,21 @@ class DeepSpecDrafter(nn.Module):
         logits_processor=None,
     ) -> DraftBlock:
         """Backbone pass plus sequential Markov drafting of one block (``logits_processor``: see :func:`draft_block`)."""
-        out = self.forward_block(anchor_tokens, cache)
-        return draft_block(
-            out.logits,
-            out.hidden,
-            anchor_tokens.to(out.logits.device),
-            self.markov_head,
-            self.confidence_head,
-            sampling,
-            sts_temperatures=sts_temperatures,
-            generator=generator,
-            uniforms=uniforms,
-            logits_processor=logits_processor,
-        )
+        with record_function("dspark.draft.backbone"):
+            out = self.forward_block(anchor_tokens, cache)
+        with record_function("dspark.draft.markov_and_confidence"):
+            return draft_block(
+                out.logits,
+                out.hidden,
+                anchor_tokens.to(out.logits.device),
+                self.markov_head,
+                self.confidence_head,
+                sampling,
+                sts_temperatures=sts_temperatures,
+                generator=generator,
+                uniforms=uniforms,
+                logits_processor=logits_processor,
+            )
 
 
 def _check_shared_shape(name: str, module: nn.Module, config: DSparkConfig) -> None:

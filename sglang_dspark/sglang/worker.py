@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from sglang.srt.layers.logprob_processor import compute_spec_logprobs
 from sglang.srt.managers.utils import GenerationBatchResult
@@ -59,6 +59,7 @@ from sglang_dspark.models.drafter_tensor_parallel import DrafterTPShard, shard_d
 from sglang_dspark.models.paged_context import PagedDrafterContext
 from sglang_dspark.sglang.fault_injection import DraftFaultInjector
 from sglang_dspark.sglang.sps_files import load_sps_table
+from sglang_dspark.sglang.step_phases import StepPhases
 from sglang_dspark.sglang.verify_batch import VerifyLayout, plan_verify_layout, ragged_supported
 from sglang_dspark.sglang.verify_logits import (
     DraftConstraints,
@@ -77,20 +78,43 @@ ADAPTIVE_ENV = "SGLANG_DSPARK_ADAPTIVE"
 
 
 class _SharedWeight(nn.Module):
-    """The target's embedding or LM head as a plain module over its weight."""
+    """The target's embedding or LM head as a plain module over its weight.
 
-    def __init__(self, weight: torch.Tensor, kind: str) -> None:
+    ``compute_dtype``: the LM head multiplies in that dtype from a copy of the
+    weight made once (outputs stay in the weight's dtype), e.g. bfloat16 on a
+    CPU with bf16 instructions, where the drafter's vocabulary-sized GEMM is
+    several times faster. Drafts change a little; what is committed does not
+    (the target verifies every draft).
+    """
+
+    def __init__(self, weight: torch.Tensor, kind: str, compute_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.weight = weight
         self.kind = kind
+        self.compute_weight = (
+            None if compute_dtype in (None, weight.dtype) or kind != "head" else weight.to(compute_dtype)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "embed":
             return F.embedding(x, self.weight)
+        if self.compute_weight is not None:
+            return F.linear(x.to(self.compute_weight.dtype), self.compute_weight).to(self.weight.dtype)
         return F.linear(x, self.weight)
 
 
-def _target_shared_modules(model: nn.Module, vocab_size: int) -> tuple[nn.Module, nn.Module]:
+def drafter_head_dtype(device: torch.device, weight_dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype the drafter's LM head multiplies in: bfloat16 for an fp32 head on a CPU with bf16 instructions."""
+    from sglang_dspark.cpu_features import has_fast_bf16
+
+    if device.type == "cpu" and weight_dtype == torch.float32 and has_fast_bf16():
+        return torch.bfloat16
+    return None
+
+
+def _target_shared_modules(
+    model: nn.Module, vocab_size: int, head_dtype: torch.dtype | None = None
+) -> tuple[nn.Module, nn.Module]:
     """The target's embedding and LM head, without SGLang's vocabulary padding rows."""
     body = getattr(model, "model", model)
     embed = getattr(body, "embed_tokens", None)
@@ -103,7 +127,7 @@ def _target_shared_modules(model: nn.Module, vocab_size: int) -> tuple[nn.Module
     # Under tensor parallelism both are vocabulary-sharded: every rank gathers the full tables.
     return (
         _SharedWeight(full_vocab_weight(embed, vocab_size), "embed"),
-        _SharedWeight(full_vocab_weight(head, vocab_size), "head"),
+        _SharedWeight(full_vocab_weight(head, vocab_size), "head", head_dtype),
     )
 
 
@@ -157,7 +181,8 @@ class _StepTiming:
 class StepStats:
     """Running counters of the worker, exported in logs and internal state."""
 
-    verify_steps: int = 0
+    decode_steps: int = 0  # worker steps (each verifies the whole batch)
+    verify_steps: int = 0  # request-steps
     committed_tokens: int = 0
     verified_tokens: int = 0
     fallback_steps: int = 0
@@ -172,6 +197,7 @@ class StepStats:
     accept_histogram: list[int] = field(default_factory=list)
 
     def add_timing(self, timing: _StepTiming) -> None:
+        self.decode_steps += 1
         self.draft_seconds += timing.draft
         self.schedule_seconds += timing.schedule
         self.verify_seconds += timing.forward
@@ -251,7 +277,12 @@ class DSparkWorker(BaseSpecWorker):
     # ------------------------------------------------------------------ set-up
     def _load_drafter(self, path: str) -> DeepSpecDrafter:
         model = self.model_runner.model
-        embed, head = _target_shared_modules(model, self.model_runner.model_config.vocab_size)
+        head_weight = getattr(getattr(model, "lm_head", None), "weight", None)
+        head_dtype = None if head_weight is None else drafter_head_dtype(self.device, head_weight.dtype)
+        if head_dtype is not None:
+            logger.info("DSPARK drafter LM head multiplies in %s: this CPU has bf16 instructions (detected)",
+                        head_dtype)
+        embed, head = _target_shared_modules(model, self.model_runner.model_config.vocab_size, head_dtype)
         num_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
         drafter = load_deepspec_drafter(
             path,
@@ -278,6 +309,12 @@ class DSparkWorker(BaseSpecWorker):
     def drafter_weight_bytes(self) -> int:
         """Drafter weights (the shared embedding and LM head are the target's)."""
         return sum(p.numel() * p.element_size() for p in self.drafter.parameters())
+
+    @property
+    def drafter_head_copy_bytes(self) -> int:
+        """The LM head copy the drafter multiplies with (bf16 on CPUs with bf16 instructions), else 0."""
+        copy = getattr(self.drafter._target_modules().lm_head, "compute_weight", None)
+        return 0 if copy is None else copy.numel() * copy.element_size()
 
     @property
     def preloaded_weights_bytes(self) -> int:
@@ -349,6 +386,7 @@ class DSparkWorker(BaseSpecWorker):
         s = self.stats
         return {
             "dspark_impl": "sglang-dspark",
+            "dspark_decode_steps": s.decode_steps,
             "dspark_verify_steps": s.verify_steps,
             "dspark_mean_accept_length": s.mean_accept_length,
             "dspark_accept_histogram": list(s.accept_histogram),
@@ -370,6 +408,7 @@ class DSparkWorker(BaseSpecWorker):
             "dspark_context_bytes_per_slot": getattr(self, "context_bytes_per_slot", None),
             "dspark_accounted_bytes_per_slot": getattr(self, "accounted_bytes_per_slot", None),
             "dspark_drafter_weight_bytes": self.drafter_weight_bytes,
+            "dspark_drafter_head_copy_bytes": self.drafter_head_copy_bytes,
         }
 
     def _available_kv_tokens(self) -> int | None:
@@ -489,7 +528,8 @@ class DSparkWorker(BaseSpecWorker):
         try:
             self.fault_injector.maybe_raise()
             with torch.inference_mode():
-                cache = self.context.gather(batch.req_to_token_pool.req_to_token, rows, prefix)
+                with record_function("dspark.draft.context_gather"):
+                    cache = self.context.gather(batch.req_to_token_pool.req_to_token, rows, prefix)
                 return self.drafter.draft(
                     anchors,
                     cache,
@@ -580,10 +620,11 @@ class DSparkWorker(BaseSpecWorker):
 
         mode = self._choose_mode(bs)
         plain = plain_rows(batch)
-        t0 = time.perf_counter()
+        phases = StepPhases()
+        t0 = phases.next("draft")
         drafting = mode is Mode.SPECULATE and not all(plain)
         block = self._draft(batch, anchors, prefix, rows, sampling, seeds) if drafting else None
-        t1 = time.perf_counter()
+        t1 = phases.next("schedule")
         if block is None:
             verify_lens = torch.zeros((bs,), dtype=torch.long, device=self.device)
         elif block.confidence is None:
@@ -599,7 +640,7 @@ class DSparkWorker(BaseSpecWorker):
         verify_lens_cpu = verify_lens.tolist()
         layout = plan_verify_layout(verify_lens_cpu, self.device, ragged=self.ragged_verify)
         width = layout.width
-        t2 = time.perf_counter()
+        t2 = phases.next("prepare")
 
         drafts = draft_tokens[:, : width - 1]
         verify_ids = torch.cat([anchors[:, None], drafts], dim=1)
@@ -615,14 +656,15 @@ class DSparkWorker(BaseSpecWorker):
         )
         batch.out_cache_loc = layout.select(cache_loc)
         forward_batch, can_run_graph = verify_input.prepare_for_verify(batch, self.target_worker)
-        t3 = time.perf_counter()
+        t3 = phases.next("verify_forward")
         logits_output = self.target_worker.forward_batch_generation(
             batch=None, forward_batch=forward_batch, is_verify=True
         ).logits_output
-        t4 = time.perf_counter()
+        t4 = phases.next("finish")
         logits = layout.to_padded(logits_output.next_token_logits)
         logits_output.next_token_logits = logits.view(bs * width, -1)
-        process_verify_logits(logits, batch, drafts, verify_lens_cpu)
+        with record_function("dspark.finish.logit_processing"):
+            process_verify_logits(logits, batch, drafts, verify_lens_cpu)
 
         with torch.inference_mode():
             if greedy:
@@ -651,7 +693,8 @@ class DSparkWorker(BaseSpecWorker):
                 self.corrector.update(block.confidence, verify_lens, accepted)
             keep = torch.arange(width, device=self.device)[None, :] <= accepted[:, None]
             hidden = layout.to_padded(logits_output.hidden_states)
-            self._write_context(hidden[keep], cache_loc[keep], positions[keep])
+            with record_function("dspark.finish.context_write"):
+                self._write_context(hidden[keep], cache_loc[keep], positions[keep])
         logits_output.hidden_states = None
 
         tokens = committed.clamp_min(0)
@@ -661,7 +704,7 @@ class DSparkWorker(BaseSpecWorker):
         if batch.return_logprob:
             compute_spec_logprobs(batch, logits_output, tokens.reshape(-1), chain_stride=width)
         accept_lens_cpu = accept_lens.tolist()
-        t5 = time.perf_counter()
+        t5 = phases.end()
 
         timing = _StepTiming(
             draft=t1 - t0, schedule=t2 - t1, prepare=t3 - t2, forward=t4 - t3, finish=t5 - t4

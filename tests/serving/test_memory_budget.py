@@ -35,6 +35,7 @@ import pytest
 import requests
 from safetensors import safe_open
 
+from sglang_dspark.cpu_features import has_fast_bf16
 from sglang_dspark.server_process import SLEEP_ON_IDLE, ServerProcess, dspark_args, running
 from sglang_dspark.sglang.memory_budget import ENV as BUDGET_ENV
 from tests.serving.test_dspark_server import _dspark_state
@@ -114,6 +115,10 @@ def test_dspark_pool_shrinks_by_the_drafter_share(budget_servers, tiny_target, c
     state = _dspark_state(spec)
     assert state["dspark_accounted_bytes_per_slot"] == state["dspark_context_bytes_per_slot"] == c_d
     assert state["dspark_drafter_weight_bytes"] == w_d
+    # On a CPU with bf16 instructions the drafter multiplies with a bf16 copy of the LM head: it counts too.
+    head_copy = target_cfg["vocab_size"] * target_cfg["hidden_size"] * 2 if has_fast_bf16() else 0
+    assert state["dspark_drafter_head_copy_bytes"] == head_copy
+    w_d += head_copy
 
     # Plain pool: the budget's static share minus the target's weights and
     # SGLang's own tables, in whole tokens.

@@ -1,0 +1,36 @@
+"""Consecutive named phases of one worker step: wall-clock marks, and ``torch.profiler`` ranges.
+
+Each :meth:`StepPhases.next` ends the running phase and starts the next; the
+ranges are named ``dspark.<phase>`` so that a profile taken through SGLang's
+``/start_profile`` (e.g. by ``python -m bench.profile_step``) shows them. With
+no profiler running a range costs about a microsecond.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+class StepPhases:
+    """``next(name)`` -> the time it was called; ``end()`` closes the last phase."""
+
+    def __init__(self) -> None:
+        self._range = None
+
+    def _close(self) -> None:
+        if self._range is not None:
+            torch.ops.profiler._record_function_exit._RecordFunction(self._range)
+            self._range = None
+
+    def next(self, name: str) -> float:
+        now = time.perf_counter()
+        self._close()
+        self._range = torch.ops.profiler._record_function_enter_new(f"dspark.{name}", None)
+        return now
+
+    def end(self) -> float:
+        now = time.perf_counter()
+        self._close()
+        return now

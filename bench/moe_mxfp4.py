@@ -28,10 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Callable
 
 import torch
@@ -40,73 +39,26 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DEFAULT_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
-# Peak HBM bandwidth in bytes/s, matched against torch.cuda.get_device_name().
-# Order matters: more specific names first.
-HBM_PEAK: tuple[tuple[str, float], ...] = (
-    (r"\bGH200\b", 4.0e12),
-    (r"\bH200\b", 4.8e12),
-    (r"\bH20\b", 4.0e12),
-    (r"\bH100\b.*\bNVL\b", 3.9e12),
-    (r"\bH100\b.*\bPCIe\b", 2.0e12),
-    (r"\bH100\b", 3.35e12),  # SXM5 (HBM3)
-    (r"\bH800\b", 3.35e12),
-    (r"\bB200\b", 8.0e12),
-    (r"\bA100\b.*\b80GB\b", 2.039e12),
-    (r"\bA100\b", 1.555e12),
-)
-
-
-@dataclass(frozen=True)
-class MoeShape:
-    """Routed-expert sizes of one MoE layer."""
-
-    hidden: int
-    intermediate: int
-    experts: int
-    top_k: int
-    swiglu_limit: float | None
-
-
-V4_FLASH = MoeShape(hidden=4096, intermediate=2048, experts=256, top_k=6, swiglu_limit=10.0)
+# One home for the expert sizes, the config reader and the HBM peak table: the selftest's.
+from sglang_dspark.selftest.config import V4_FLASH_MOE as V4_FLASH  # noqa: E402
+from sglang_dspark.selftest.config import MoeShape, moe_shape_from_config  # noqa: E402
+from sglang_dspark.selftest.device_facts import hbm_peak as _hbm_peak  # noqa: E402
 
 
 def shape_from_config(path: str | None) -> MoeShape:
     """Read MoE sizes from an HF ``config.json`` (or DeepSeek's inference config); V4-Flash when absent."""
-    if path is None:
-        return V4_FLASH
-    with open(path) as f:
-        cfg = json.load(f)
-
-    def pick(*keys: str, default=None):
-        for key in keys:
-            if key in cfg:
-                return cfg[key]
-        if default is None:
-            raise KeyError(f"{path} has none of {keys}")
-        return default
-
-    limit = pick("swiglu_limit", default=0.0)
-    return MoeShape(
-        hidden=int(pick("hidden_size", "dim")),
-        intermediate=int(pick("moe_intermediate_size", "moe_inter_dim")),
-        experts=int(pick("n_routed_experts", "num_experts", "num_local_experts")),
-        top_k=int(pick("num_experts_per_tok", "n_activated_experts")),
-        swiglu_limit=float(limit) if limit else None,
-    )
+    return V4_FLASH if path is None else moe_shape_from_config(path)
 
 
 def hbm_peak(device_name: str) -> float | None:
     """HBM peak in bytes/s for a device name, or ``None`` when unknown."""
-    for pattern, peak in HBM_PEAK:
-        if re.search(pattern, device_name, flags=re.IGNORECASE):
-            return peak
-    return None
+    found = _hbm_peak(device_name)
+    return None if found is None else found[1]
 
 
 def bytes_per_expert(shape: MoeShape) -> int:
     """Packed weights plus scales of one expert's w13 and w2."""
-    elems = 3 * shape.hidden * shape.intermediate
-    return elems // 2 + elems // 32
+    return shape.bytes_per_expert
 
 
 def make_weights(shape: MoeShape, num_local: int, device: torch.device, seed: int) -> tuple[torch.Tensor, ...]:

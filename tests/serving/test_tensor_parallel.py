@@ -21,7 +21,10 @@ pytestmark = pytest.mark.slow
 PROMPTS = ["Hello, my name is", "The capital of France is", "def fibonacci(n):", "Once upon a time"]
 MAX_NEW_TOKENS = 16
 # One OpenMP thread per rank, pinned to its own core.
-TP2_ENV = {"SGLANG_CPU_OMP_THREADS_BIND": "0|1"}
+# Adaptive parts off, as on the session's DSPARK server: the speculation gate and the confidence
+# corrector learn from timings and acceptance between requests, so a repeated seeded request could
+# get other verify lengths (another, equally distributed, output; README "sampling_seed").
+TP2_ENV = {"SGLANG_CPU_OMP_THREADS_BIND": "0|1", "SGLANG_DSPARK_ADAPTIVE": "0"}
 
 
 def _generate(server: ServerProcess, prompt: str) -> dict:

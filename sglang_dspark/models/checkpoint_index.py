@@ -17,7 +17,7 @@ from sglang_dspark.models.safetensors_header import SafetensorsHeaderError, read
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
-__all__ = ["CheckpointIndexError", "IndexSummary", "check_checkpoint_index", "read_weight_map"]
+__all__ = ["CheckpointIndexError", "IndexSummary", "check_checkpoint_index", "index_total_size", "read_weight_map"]
 
 
 class CheckpointIndexError(ValueError):
@@ -57,6 +57,16 @@ def read_weight_map(directory: str | Path) -> dict[str, str]:
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointIndexError(f"{index_path} has no weight_map")
     return {str(k): str(v) for k, v in weight_map.items()}
+
+
+def index_total_size(directory: str | Path) -> int | None:
+    """The tensor bytes ``model.safetensors.index.json`` declares (``metadata.total_size``), if it declares them."""
+    try:
+        metadata = json.loads((Path(directory) / INDEX_FILE).read_text(encoding="utf-8")).get("metadata") or {}
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+    total = metadata.get("total_size") if isinstance(metadata, dict) else None
+    return int(total) if isinstance(total, (int, float)) and total > 0 else None
 
 
 def check_checkpoint_index(directory: str | Path) -> IndexSummary:

@@ -158,9 +158,32 @@ def _plan_lines(server_args, gpu: GpuFacts | None, gpus: int | None,
     return plan, errors
 
 
+def _checkpoint_lines(model: str) -> tuple[list[str], list[str], int | None]:
+    """Plan and error lines for a sharded checkpoint, and its bytes; a copy of only its configs is fine."""
+    from sglang_dspark.models.checkpoint_index import (
+        CheckpointIndexError,
+        check_checkpoint_index,
+        index_total_size,
+        read_weight_map,
+    )
+
+    try:
+        shards = sorted(set(read_weight_map(model).values()))
+        if not any((Path(model) / s).is_file() for s in shards):
+            total = index_total_size(model)
+            size = f", {total / 2**30:.2f} GiB by its index" if total else ""
+            return [f"checkpoint: {model}: configs only here ({len(shards)} shard(s) listed{size}); "
+                    "shard completeness not checked"], [], total
+        summary = check_checkpoint_index(model)
+    except CheckpointIndexError as e:
+        return [], [f"checkpoint: {e} (download it again: sglang-dspark download MODEL_ID)"], None
+    return [f"checkpoint: {model}: {len(summary.shards)} shard(s), {summary.num_tensors} tensors, "
+            f"{summary.total_bytes / 2**30:.2f} GiB, complete against its index"], [], summary.total_bytes
+
+
 def preflight(argv: list[str], *, gpu: str | None = None, gpus: int | None = None) -> PreflightReport:
     """The plan for ``sglang serve ARGV`` on ``gpus`` GPUs of kind ``gpu`` (this machine's device without one)."""
-    from sglang_dspark.models.checkpoint_index import INDEX_FILE, CheckpointIndexError, check_checkpoint_index
+    from sglang_dspark.models.checkpoint_index import INDEX_FILE
 
     facts = None
     if gpu is not None:
@@ -174,21 +197,9 @@ def preflight(argv: list[str], *, gpu: str | None = None, gpus: int | None = Non
     checkpoint_bytes = None
     model = _flag_value(argv, "--model-path")
     if model and (Path(model) / INDEX_FILE).is_file():
-        index = json.loads((Path(model) / INDEX_FILE).read_text())
-        shards = sorted(set((index.get("weight_map") or {}).values()))
-        if shards and not any((Path(model) / s).is_file() for s in shards):
-            checkpoint_bytes = (index.get("metadata") or {}).get("total_size")
-            size = f", {checkpoint_bytes / 2**30:.2f} GiB by its index" if checkpoint_bytes else ""
-            plan.append(f"checkpoint: {model}: configs only here ({len(shards)} shard(s) listed{size}); "
-                        "shard completeness not checked")
-        else:
-            try:
-                summary = check_checkpoint_index(model)
-                checkpoint_bytes = summary.total_bytes
-                plan.append(f"checkpoint: {model}: {len(summary.shards)} shard(s), {summary.num_tensors} tensors, "
-                            f"{summary.total_bytes / 2**30:.2f} GiB, complete against its index")
-            except CheckpointIndexError as e:
-                errors.append(f"checkpoint: {e} (download it again: sglang-dspark download MODEL_ID)")
+        checkpoint_plan, checkpoint_errors, checkpoint_bytes = _checkpoint_lines(model)
+        plan += checkpoint_plan
+        errors += checkpoint_errors
     server_args, error = _resolve(argv, facts)
     if error:
         errors.append(error)

@@ -58,7 +58,10 @@ def damaged(v4, tmp_path_factory) -> dict[str, Path]:
     index = json.loads((too_big / "model.safetensors.index.json").read_text())
     index["metadata"]["total_size"] = 2 * 2**40  # 2 TiB: 256 GiB per GPU at --tp-size 8
     (too_big / "model.safetensors.index.json").write_text(json.dumps(index))
-    return {"truncated": truncated, "no-key": no_key, "shard": shard, "configs": configs, "too-big": too_big}
+    bad_index = Path(shutil.copytree(configs, root / "bad-index"))
+    (bad_index / "model.safetensors.index.json").write_text("{not json")
+    return {"truncated": truncated, "no-key": no_key, "shard": shard, "configs": configs, "too-big": too_big,
+            "bad-index": bad_index}
 
 
 def test_seed_deployment_and_its_errors(v4, damaged):
@@ -76,6 +79,7 @@ def test_seed_deployment_and_its_errors(v4, damaged):
         "a100": {"argv": seed_argv(v4), "gpu": "A100", "gpus": 8},
         "configs-only": {"argv": seed_argv(damaged["configs"]), **h20},
         "too-big": {"argv": seed_argv(damaged["too-big"]), **h20},
+        "bad-index": {"argv": seed_argv(damaged["bad-index"]), **h20},
     }, env=CPU_OFF)
     seed = results.pop("seed")
     assert seed["ok"], seed["errors"]
@@ -99,6 +103,7 @@ def test_seed_deployment_and_its_errors(v4, damaged):
         "four-gpus": "--tp-size 8 x --pp-size 1 needs 8 GPUs; --gpus 4 given",
         "old-flag": "ambiguous option: --cuda-graph-max-bs",
         "too-big": "the weights alone need about 256.0 GiB per GPU",
+        "bad-index": "model.safetensors.index.json is not a JSON object with a weight_map",
     }
     for name, text in expected.items():
         assert not results[name]["ok"], name

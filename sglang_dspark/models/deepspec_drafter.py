@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.profiler import record_function
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from sglang_dspark.algorithm.block_drafting import DraftBlock, draft_block
 from sglang_dspark.algorithm.config import DSparkConfig, DSparkConfigError, load_config_dict

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-import torch
+from torch.profiler import record_function
 
 
 class StepPhases:
@@ -21,13 +21,14 @@ class StepPhases:
 
     def _close(self) -> None:
         if self._range is not None:
-            torch.ops.profiler._record_function_exit._RecordFunction(self._range)
+            self._range.__exit__(None, None, None)
             self._range = None
 
     def next(self, name: str) -> float:
         now = time.perf_counter()
         self._close()
-        self._range = torch.ops.profiler._record_function_enter_new(f"dspark.{name}", None)
+        self._range = record_function(f"dspark.{name}")
+        self._range.__enter__()
         return now
 
     def end(self) -> float:

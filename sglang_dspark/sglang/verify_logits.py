@@ -59,12 +59,16 @@ def plain_rows(batch) -> list[bool]:
     return rows
 
 
+def _has_penalty(params) -> bool:
+    """Whether any of SGLang's penalizers acts on a request with these sampling parameters."""
+    return (params.frequency_penalty != 0 or params.presence_penalty != 0 or params.repetition_penalty != 1
+            or params.min_new_tokens > 0)
+
+
 def has_logit_processing(req) -> bool:
     """Whether plain decoding changes ``req``'s logits before sampling (penalty, grammar, bias, processor)."""
-    p = req.sampling_params
     return (getattr(req, "grammar", None) is not None or getattr(req, "custom_logit_processor", None) is not None
-            or p.logit_bias is not None or p.frequency_penalty != 0 or p.presence_penalty != 0
-            or p.repetition_penalty != 1 or p.min_new_tokens > 0)
+            or req.sampling_params.logit_bias is not None or _has_penalty(req.sampling_params))
 
 
 def _stop_tokens(req) -> set[int]:
@@ -81,8 +85,7 @@ def _stop_tokens(req) -> set[int]:
 def chain_penalties(reqs, vocab_size: int) -> ChainPenalties | None:
     """The requests' penalties and committed output, or ``None`` when no request has a penalty."""
     params = [r.sampling_params for r in reqs]
-    if not any(p.frequency_penalty != 0 or p.presence_penalty != 0 or p.repetition_penalty != 1
-               or p.min_new_tokens > 0 for p in params):
+    if not any(_has_penalty(p) for p in params):
         return None
     b = len(reqs)
     counts = torch.zeros((b, vocab_size), dtype=torch.int64)

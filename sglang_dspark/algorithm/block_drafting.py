@@ -26,6 +26,7 @@ from sglang_dspark.algorithm.confidence_head import (
     apply_sts,
     survival_probabilities,
 )
+from sglang_dspark.algorithm.draft_vocab import DraftVocab
 from sglang_dspark.algorithm.markov_head import MarkovHead
 from sglang_dspark.algorithm.sampling import SamplingParams, logits_to_probs, sample_from_probs
 
@@ -95,11 +96,13 @@ def draft_block(
     generator: torch.Generator | None = None,
     uniforms: torch.Tensor | None = None,
     logits_processor: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    draft_vocab: DraftVocab | None = None,
 ) -> DraftBlock:
     """Draft a block sequentially through the Markov head.
 
     Args:
-        backbone_logits: ``[B, K, V]`` ``U_k`` (LM head of the final-norm output).
+        backbone_logits: ``[B, K, Vd]`` ``U_k`` (LM head of the final-norm output)
+            over the draft vocabulary (``V`` without ``draft_vocab``).
         backbone_hidden: ``[B, K, H]`` final-norm drafter outputs ``h_k``.
         anchor_tokens: ``[B]`` last committed token (``x_0``).
         markov_head: the drafter's Markov head.
@@ -114,6 +117,10 @@ def draft_block(
             draft distribution (``prev``: the token drafted at ``k - 1``, the
             anchor at 0), e.g. a grammar mask, so that drafts obey a request's
             constraints. The returned ``probs`` are what the drafts were sampled from.
+        draft_vocab: the drafter's reduced vocabulary, if it has one: position
+            logits are spread over the whole vocabulary (``-inf`` elsewhere)
+            before the processor and sampling, so tokens and ``probs`` are in
+            target ids.
     """
     if backbone_logits.ndim != 3 or backbone_hidden.ndim != 3:
         raise ValueError(
@@ -141,6 +148,8 @@ def draft_block(
         step = markov_head.step(prev, backbone_hidden[:, k], state)
         state = step.state
         logits_k = backbone_logits[:, k].float() + step.bias.float()
+        if draft_vocab is not None:
+            logits_k = draft_vocab.expand_logits(logits_k)
         if logits_processor is not None:
             logits_processor(k, logits_k, prev)
         probs_k = logits_to_probs(logits_k, sampling.temperature, sampling.top_p, sampling.top_k, sampling.min_p)

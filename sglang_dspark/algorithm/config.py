@@ -214,6 +214,9 @@ class DSparkConfig:
     qk_norm: bool = True
     hidden_act: str = "silu"
     num_target_layers: int | None = None
+    #: rows of the reduced draft vocabulary (EAGLE-3 ``draft_vocab_size``;
+    #: :mod:`sglang_dspark.algorithm.draft_vocab`), ``None`` = the whole vocabulary.
+    draft_vocab_size: int | None = None
 
     def __post_init__(self) -> None:
         # Normalise sequences so equality/hash work and callers may pass lists.
@@ -245,6 +248,11 @@ class DSparkConfig:
     def context_feature_size(self) -> int:
         """Width of the concatenated target hidden states fed to ``fc``."""
         return len(self.target_layer_ids) * self.hidden_size
+
+    @property
+    def output_vocab_size(self) -> int:
+        """Rows the drafter scores per position: ``draft_vocab_size`` or the whole vocabulary."""
+        return self.vocab_size if self.draft_vocab_size is None else self.draft_vocab_size
 
     @property
     def confidence_input_size(self) -> int:
@@ -327,6 +335,13 @@ class DSparkConfig:
         if not isinstance(self.rope_scaling, RopeScaling):
             raise DSparkConfigError(
                 "rope_scaling must be a RopeScaling; parse dicts with RopeScaling.from_hf."
+            )
+        if self.draft_vocab_size is not None and (
+            not _is_int(self.draft_vocab_size) or not 1 <= self.draft_vocab_size <= self.vocab_size
+        ):
+            raise DSparkConfigError(
+                f"draft_vocab_size={self.draft_vocab_size!r} must be an int in [1, vocab_size="
+                f"{self.vocab_size}]."
             )
         if self.num_target_layers is not None:
             if not _is_int(self.num_target_layers) or self.num_target_layers < 1:
@@ -490,6 +505,10 @@ class DSparkConfig:
             qk_norm=backbone == "qwen3",
             hidden_act=str(raw.get("hidden_act", "silu")),
             num_target_layers=int(num_target_layers) if num_target_layers is not None else None,
+            draft_vocab_size=(
+                None if raw.get("draft_vocab_size") in (None, raw.get("vocab_size"))
+                else _as_int(raw, "draft_vocab_size")
+            ),
         )
 
     @classmethod

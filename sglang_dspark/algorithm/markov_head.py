@@ -47,7 +47,7 @@ class MarkovStep:
     """One Markov-head step for a batch.
 
     Attributes:
-        bias: ``[B, V]`` additive logits term for the current position.
+        bias: ``[B, Vd]`` additive logits term for the current position (output vocabulary).
         prev_features: ``[B, r]`` ``W1[x_{k-1}]``, the confidence head's extra input.
         state: ``[B, r]`` recurrent state after this step (``rnn`` only), else ``None``.
     """
@@ -63,14 +63,16 @@ class MarkovHead(nn.Module):
     head_type: str = ""
     needs_hidden: bool = False
 
-    def __init__(self, *, vocab_size: int, markov_rank: int) -> None:
+    def __init__(self, *, vocab_size: int, markov_rank: int, out_vocab_size: int | None = None) -> None:
         super().__init__()
         if markov_rank < 1:
             raise DSparkConfigError(f"markov_rank must be >= 1, got {markov_rank}.")
         self.vocab_size = int(vocab_size)
+        # The previous token is any target token; the bias covers the draft vocabulary.
+        self.out_vocab_size = int(out_vocab_size or vocab_size)
         self.markov_rank = int(markov_rank)
         self.markov_w1 = nn.Embedding(self.vocab_size, self.markov_rank)
-        self.markov_w2 = nn.Linear(self.markov_rank, self.vocab_size, bias=False)
+        self.markov_w2 = nn.Linear(self.markov_rank, self.out_vocab_size, bias=False)
 
     def prev_features(self, prev_tokens: torch.Tensor) -> torch.Tensor:
         """``W1[x_{k-1}]``: ``[...]`` token ids -> ``[..., r]``."""
@@ -108,7 +110,7 @@ class MarkovHead(nn.Module):
             hidden: ``[..., K, H]`` drafter outputs (gated/rnn only).
 
         Returns:
-            ``[..., K, V]`` additive logits.
+            ``[..., K, Vd]`` additive logits over the output (draft) vocabulary.
         """
         lead = prev_tokens.shape[:-1]
         num_pos = prev_tokens.shape[-1]
@@ -126,7 +128,7 @@ class MarkovHead(nn.Module):
             )
             state = out.state
             biases.append(out.bias)
-        return torch.stack(biases, dim=1).reshape(*lead, num_pos, self.vocab_size)
+        return torch.stack(biases, dim=1).reshape(*lead, num_pos, self.out_vocab_size)
 
     def _require_hidden(self, hidden: torch.Tensor | None) -> torch.Tensor:
         if hidden is None:
@@ -156,8 +158,10 @@ class GatedMarkovHead(MarkovHead):
     head_type = "gated"
     needs_hidden = True
 
-    def __init__(self, *, vocab_size: int, markov_rank: int, hidden_size: int) -> None:
-        super().__init__(vocab_size=vocab_size, markov_rank=markov_rank)
+    def __init__(
+        self, *, vocab_size: int, markov_rank: int, hidden_size: int, out_vocab_size: int | None = None
+    ) -> None:
+        super().__init__(vocab_size=vocab_size, markov_rank=markov_rank, out_vocab_size=out_vocab_size)
         self.hidden_size = int(hidden_size)
         self.gate_proj = nn.Linear(self.hidden_size + self.markov_rank, self.markov_rank)
 
@@ -181,8 +185,10 @@ class RNNMarkovHead(MarkovHead):
     head_type = "rnn"
     needs_hidden = True
 
-    def __init__(self, *, vocab_size: int, markov_rank: int, hidden_size: int) -> None:
-        super().__init__(vocab_size=vocab_size, markov_rank=markov_rank)
+    def __init__(
+        self, *, vocab_size: int, markov_rank: int, hidden_size: int, out_vocab_size: int | None = None
+    ) -> None:
+        super().__init__(vocab_size=vocab_size, markov_rank=markov_rank, out_vocab_size=out_vocab_size)
         self.hidden_size = int(hidden_size)
         self.joint_proj = nn.Linear(2 * self.markov_rank + self.hidden_size, 3 * self.markov_rank)
 
@@ -212,18 +218,15 @@ class RNNMarkovHead(MarkovHead):
 
 def build_markov_head(config: DSparkConfig) -> MarkovHead:
     """The Markov head named by ``config.markov_head_type``."""
+    sizes = dict(
+        vocab_size=config.vocab_size,
+        markov_rank=config.markov_rank,
+        out_vocab_size=config.output_vocab_size,
+    )
     if config.markov_head_type == "vanilla":
-        return VanillaMarkovHead(vocab_size=config.vocab_size, markov_rank=config.markov_rank)
+        return VanillaMarkovHead(**sizes)
     if config.markov_head_type == "gated":
-        return GatedMarkovHead(
-            vocab_size=config.vocab_size,
-            markov_rank=config.markov_rank,
-            hidden_size=config.hidden_size,
-        )
+        return GatedMarkovHead(**sizes, hidden_size=config.hidden_size)
     if config.markov_head_type == "rnn":
-        return RNNMarkovHead(
-            vocab_size=config.vocab_size,
-            markov_rank=config.markov_rank,
-            hidden_size=config.hidden_size,
-        )
+        return RNNMarkovHead(**sizes, hidden_size=config.hidden_size)
     raise DSparkConfigError(f"unknown markov_head_type {config.markov_head_type!r}.")

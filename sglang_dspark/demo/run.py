@@ -32,17 +32,15 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 SHIPPED_SMOLLM2_DRAFTER = PACKAGE_DIR / "drafters" / "smollm2-135m"
 TINY_RECIPE = PACKAGE_DIR.parent / "recipes" / "tiny-drafter.json"
 
-# Held out from the training corpus (stdlib-derived prompts): hand-written chat and code asks.
-DEMO_PROMPTS = [
-    "Give me three tips for keeping a houseplant alive.",
-    "Write a Python function that returns the n-th triangular number.",
-    "Explain in two sentences why the sky looks blue.",
-    "Write a haiku about a train leaving at dawn.",
-    "What is the difference between a list and a tuple in Python?",
-    "Summarise the plot of Little Red Riding Hood in one paragraph.",
-    "Write a SQL query that counts orders per customer.",
-    "How do I reverse a string in JavaScript?",
-]
+#: ShareGPT first turns of the evaluation split, never in a training corpus
+#: (:mod:`sglang_dspark.train.sharegpt`); the demo sends the first ``num_prompts``.
+EVAL_SHAREGPT = PACKAGE_DIR / "data" / "eval_sharegpt.jsonl"
+
+
+def demo_prompts(num_prompts: int) -> list[str]:
+    """The first ``num_prompts`` held-out ShareGPT prompts (repeated if more are asked for)."""
+    prompts = [json.loads(line)["prompt"] for line in EVAL_SHAREGPT.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return (prompts * ((num_prompts + len(prompts) - 1) // len(prompts)))[:num_prompts]
 
 
 @dataclass(frozen=True)
@@ -98,7 +96,7 @@ def run_demo(
     """Serve, benchmark both ways, write ``demo.json`` and ``demo.png``; return the report."""
     models = select_models(model, cache_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prompts = (DEMO_PROMPTS * ((num_prompts + len(DEMO_PROMPTS) - 1) // len(DEMO_PROMPTS)))[:num_prompts]
+    prompts = demo_prompts(num_prompts)
     workload = Workload(
         num_prompts=num_prompts,
         output_len=output_len,
@@ -121,7 +119,7 @@ def run_demo(
     report = {
         "models": {"target": str(models.target), "drafter": str(models.drafter), "label": models.label},
         "workload": {"num_prompts": num_prompts, "output_len": output_len, "max_concurrency": 1,
-                     "temperature": 0, "dataset": "sharegpt (demo prompts)"},
+                     "temperature": 0, "dataset": "held-out ShareGPT prompts"},
         "results": results,
         "speedup": results["DSPARK"]["output_throughput"] / base_tps if base_tps else None,
         "date": time.strftime("%Y-%m-%d"),

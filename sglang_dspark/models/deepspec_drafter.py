@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,7 @@ from torch.profiler import record_function
 from sglang_dspark.algorithm.block_drafting import DraftBlock, draft_block
 from sglang_dspark.algorithm.config import DSparkConfig, DSparkConfigError, load_config_dict
 from sglang_dspark.algorithm.confidence_head import ConfidenceHead
+from sglang_dspark.algorithm.draft_vocab import DraftVocab, DraftVocabError
 from sglang_dspark.algorithm.markov_head import build_markov_head
 from sglang_dspark.algorithm.sampling import SamplingParams
 from sglang_dspark.models.checkpoint_index import INDEX_FILE, SINGLE_FILE, CheckpointIndexError, read_weight_map
@@ -396,6 +397,12 @@ class DeepSpecDrafter(nn.Module):
         self.confidence_head = (
             ConfidenceHead.from_config(config) if config.enable_confidence_head else None
         )
+        if config.draft_vocab_size is not None:
+            # EAGLE-3 layout (:mod:`sglang_dspark.algorithm.draft_vocab`), set by training.
+            self.register_buffer("d2t", torch.zeros(config.draft_vocab_size, dtype=torch.int64))
+            self.register_buffer("t2d", torch.zeros(config.vocab_size, dtype=torch.bool))
+        self._draft_vocab: tuple[Any, DraftVocab] | None = None
+        self._head_rows: tuple[Any, torch.Tensor] | None = None
         self._shared: _SharedTargetModules | None = None
         if embed_tokens is not None or lm_head is not None:
             if embed_tokens is None or lm_head is None:
@@ -407,6 +414,52 @@ class DeepSpecDrafter(nn.Module):
         _check_shared_shape("embed_tokens", embed_tokens, self.config)
         _check_shared_shape("lm_head", lm_head, self.config)
         self._shared = _SharedTargetModules(embed_tokens, lm_head)
+
+    @property
+    def draft_vocab(self) -> DraftVocab | None:
+        """The reduced draft vocabulary (validated from ``d2t``/``t2d``), or ``None``."""
+        if self.config.draft_vocab_size is None:
+            return None
+        key = (self.d2t.data_ptr(), self.d2t.device, self.d2t._version)
+        if self._draft_vocab is None or self._draft_vocab[0] != key:
+            try:
+                vocab = DraftVocab.from_d2t(self.d2t, self.t2d, self.config.vocab_size)
+            except DraftVocabError as exc:
+                raise DrafterCheckpointError(f"bad draft vocabulary (d2t/t2d): {exc}") from exc
+            self._draft_vocab = (key, vocab)
+        return self._draft_vocab[1]
+
+    def set_draft_vocab(self, vocab: DraftVocab) -> None:
+        """Store ``vocab`` in ``d2t``/``t2d`` (training; the config fixes its size)."""
+        if self.config.draft_vocab_size != vocab.size or vocab.full_size != self.config.vocab_size:
+            raise DSparkConfigError(
+                f"draft vocabulary of {vocab.size}/{vocab.full_size} tokens does not fit the config "
+                f"(draft_vocab_size={self.config.draft_vocab_size}, vocab_size={self.config.vocab_size})."
+            )
+        with torch.no_grad():
+            self.d2t.copy_(vocab.d2t().to(self.d2t.device))
+            self.t2d.copy_(vocab.membership().to(self.t2d.device))
+        self._draft_vocab = None
+
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The shared LM head over the output vocabulary: ``[..., H]`` -> ``[..., Vd]``.
+
+        With a draft vocabulary the head's rows for it are copied once (in the
+        head's compute dtype) and reused while the head's weight is unchanged.
+        """
+        head = self._target_modules().lm_head
+        weight = getattr(head, "weight", None)
+        vocab = self.draft_vocab
+        if vocab is None or weight is None:
+            return head(hidden if weight is None else hidden.to(weight.dtype))
+        source = getattr(head, "compute_weight", None)
+        source = weight if source is None else source
+        key = (source.data_ptr(), source.dtype, source.device, self.d2t._version)
+        if self._head_rows is None or self._head_rows[0] != key:
+            rows = source.detach().index_select(0, vocab.ids.to(source.device))
+            self._head_rows = (key, rows)
+        rows = self._head_rows[1]
+        return F.linear(hidden.to(rows.dtype), rows).to(weight.dtype)
 
     def _target_modules(self) -> _SharedTargetModules:
         if self._shared is None:
@@ -524,10 +577,8 @@ class DeepSpecDrafter(nn.Module):
             for i, layer in enumerate(self.layers):
                 x = layer(x, cos, sin, cache.keys[i], cache.values[i], mask)
             hidden = self.norm(x)
-        head_weight = getattr(shared.lm_head, "weight", None)
-        head_in = hidden if head_weight is None else hidden.to(head_weight.dtype)
         with record_function("dspark.draft.lm_head"):
-            logits = shared.lm_head(head_in)
+            logits = self.head_logits(hidden)
         return DrafterOutput(hidden=hidden, logits=logits)
 
     def forward(
@@ -576,6 +627,7 @@ class DeepSpecDrafter(nn.Module):
                 generator=generator,
                 uniforms=uniforms,
                 logits_processor=logits_processor,
+                draft_vocab=self.draft_vocab,
             )
 
 
@@ -595,6 +647,10 @@ def _check_shared_shape(name: str, module: nn.Module, config: DSparkConfig) -> N
 # ---------------------------------------------------------------------- #
 # Checkpoint loading
 # ---------------------------------------------------------------------- #
+#: safetensors dtypes of the draft-vocabulary maps (the only non-float tensors).
+_VOCAB_MAP_DTYPES = {"d2t": "I64", "t2d": "BOOL"}
+
+
 def deepspec_state_dict_shapes(config: DSparkConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor a DeepSpec drafter checkpoint must hold, with its shape."""
     with torch.device("meta"):
@@ -692,7 +748,13 @@ def check_deepspec_checkpoint(path: str | Path, config: DSparkConfig) -> dict[st
                     f"tensor {name!r} in {shard.name} has shape {info.shape}, expected "
                     f"{want} from config.json."
                 )
-            if info.dtype not in FLOAT_DTYPES:
+            if name in _VOCAB_MAP_DTYPES:
+                if info.dtype != _VOCAB_MAP_DTYPES[name]:
+                    raise DrafterCheckpointError(
+                        f"tensor {name!r} in {shard.name} has dtype {info.dtype}, expected "
+                        f"{_VOCAB_MAP_DTYPES[name]} (EAGLE-3 draft vocabulary layout)."
+                    )
+            elif info.dtype not in FLOAT_DTYPES:
                 raise DrafterCheckpointError(
                     f"tensor {name!r} in {shard.name} has dtype {info.dtype}; drafter weights "
                     "must be floating point (was it saved from a quantised model?)."
@@ -791,5 +853,6 @@ def load_deepspec_drafter(
         model = DeepSpecDrafter(config)
     model.load_state_dict(tensors, strict=True, assign=True)
     model = model.to(device=device, dtype=dtype)
+    model.draft_vocab  # validates d2t/t2d (DrafterCheckpointError)
     model.attach_target_modules(embed_tokens, lm_head)
     return model.eval()

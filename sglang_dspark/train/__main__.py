@@ -34,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: the recipe's torch_threads)")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="build the corpus and distil it (resumable by shard), then exit")
+    parser.add_argument("--no-distill", action="store_true",
+                        help="train on the shards distilled so far (finish the rest later with "
+                        "--prepare-only)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars (log lines only)")
     return parser
 
@@ -57,10 +62,15 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             resume=args.resume,
             progress=not args.no_progress,
+            prepare_only=args.prepare_only,
+            distill_missing=not args.no_distill,
         )
     except (TrainError, RecipeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if result is None and args.prepare_only:
+        print(f"data ready in {args.out}/data")
+        return 0
     if result is None:
         print("stopped early; rerun with --resume to continue", file=sys.stderr)
         return 3

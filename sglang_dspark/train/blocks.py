@@ -35,13 +35,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from sglang_dspark.models.deepspec_drafter import DeepSpecDrafter, _apply_rope
 
 __all__ = [
     "BlockBatch",
     "BlockOutputs",
+    "block_attention",
     "build_blocks",
     "drafter_block_forward",
     "sample_anchors",
@@ -159,6 +159,53 @@ def build_blocks(
     )
 
 
+def block_attention(
+    q: torch.Tensor,
+    k_ctx: torch.Tensor,
+    v_ctx: torch.Tensor,
+    k_blk: torch.Tensor,
+    v_blk: torch.Tensor,
+    ctx_visible: torch.Tensor,
+    block: int,
+    scale: float,
+) -> torch.Tensor:
+    """The DSpark training attention without its zero blocks.
+
+    Every block's queries see the context rows before their anchor and the
+    block's own ``block`` rows (both directions). A dense ``[Q, T + Q]`` mask
+    wastes ``Q - block`` of every query's keys on other blocks; here the
+    context scores are ``[Q, T]`` and the block scores ``[A, block, block]``,
+    joined in one softmax.
+
+    Args:
+        q: ``[B, Hq, Q, d]`` with ``Q = A * block``; ``k_*``/``v_*``:
+            ``[B, Hkv, T or Q, d]`` (grouped-query heads shared, ``Hq % Hkv == 0``).
+        ctx_visible: ``[B, Q, T]`` bool.
+
+    Returns:
+        ``[B, Hq, Q, d]``.
+    """
+    batch, num_q_heads, num_q, dim = q.shape
+    num_kv = k_ctx.shape[1]
+    groups = num_q_heads // num_kv
+    num_ctx = k_ctx.shape[2]
+    num_blocks = num_q // block
+    qg = q.reshape(batch, num_kv, groups, num_q, dim)
+    s_ctx = torch.matmul(qg, k_ctx.unsqueeze(2).transpose(-1, -2))  # [B, Hkv, g, Q, T]
+    qb = qg.reshape(batch, num_kv, groups, num_blocks, block, dim)
+    kb = k_blk.reshape(batch, num_kv, 1, num_blocks, block, dim)
+    s_blk = torch.matmul(qb, kb.transpose(-1, -2)).reshape(batch, num_kv, groups, num_q, block)
+    scores = torch.cat([s_ctx.float(), s_blk.float()], dim=-1) * scale
+    scores[..., :num_ctx] = scores[..., :num_ctx].masked_fill(~ctx_visible[:, None, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(v_ctx.dtype)
+    p_ctx, p_blk = probs[..., :num_ctx], probs[..., num_ctx:]
+    out = torch.matmul(p_ctx, v_ctx.unsqueeze(2))
+    vb = v_blk.reshape(batch, num_kv, 1, num_blocks, block, dim)
+    p_blk = p_blk.reshape(batch, num_kv, groups, num_blocks, block, block)
+    out = out + torch.matmul(p_blk, vb).reshape(batch, num_kv, groups, num_q, dim)
+    return out.reshape(batch, num_q_heads, num_q, dim)
+
+
 def drafter_block_forward(drafter: DeepSpecDrafter, blocks: BlockBatch) -> torch.Tensor:
     """Final-norm hidden states ``[B, A, K, H]`` of every block, in one pass.
 
@@ -183,10 +230,7 @@ def drafter_block_forward(drafter: DeepSpecDrafter, blocks: BlockBatch) -> torch
     q_block = torch.arange(num_blocks * block, device=device) // block  # [Q]
     q_anchor = anchors[:, q_block]  # [B, Q]
     ctx_visible = torch.arange(seq_len, device=device)[None, None, :] < q_anchor[..., None]
-    ctx_visible = ctx_visible & keep[:, q_block][..., None]
-    same_block = q_block[:, None] == q_block[None, :]  # [Q, Q]
-    visible = torch.cat([ctx_visible, same_block.expand(batch, -1, -1)], dim=-1)
-    attn_mask = visible[:, None]  # [B, 1, Q, T + Q]
+    ctx_visible = ctx_visible & keep[:, q_block][..., None]  # [B, Q, T]
 
     x = shared.embed_tokens(blocks.block_ids.reshape(batch, -1).to(device)).to(dtype)
     for layer in drafter.layers:
@@ -195,13 +239,7 @@ def drafter_block_forward(drafter: DeepSpecDrafter, blocks: BlockBatch) -> torch
         q = _apply_rope(attn._heads(h, attn.q_proj, attn.num_heads, attn.q_norm), cos_b, sin_b)
         k_blk, v_blk = attn.key_values(h, cos_b, sin_b)
         k_ctx, v_ctx = attn.key_values(ctx, cos_c, sin_c)
-        k = torch.cat([k_ctx, k_blk], dim=2)
-        v = torch.cat([v_ctx, v_blk], dim=2)
-        groups = attn.num_heads // attn.num_kv_heads
-        if groups > 1:
-            k = k.repeat_interleave(groups, dim=1)
-            v = v.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=attn.head_dim**-0.5)
+        out = block_attention(q, k_ctx, v_ctx, k_blk, v_blk, ctx_visible, block, attn.head_dim**-0.5)
         x = x + attn.o_proj(out.transpose(1, 2).reshape(batch, num_blocks * block, -1))
         x = x + layer.mlp(layer.post_attention_layernorm(x))
     hidden = drafter.norm(x)
@@ -213,7 +251,8 @@ class BlockOutputs:
     """Teacher-forced outputs of every block (DeepSpec ``DSparkForwardOutput``).
 
     Attributes:
-        draft_logits: ``[B, A, K, V]`` backbone logits plus the Markov term.
+        draft_logits: ``[B, A, K, Vd]`` backbone logits plus the Markov term
+            (``Vd``: the drafter's output vocabulary).
         target_logits: ``[B, A, K, V]`` target logits at the same slots (or ``None``).
         target_ids: ``[B, A, K]``.
         eval_mask: ``[B, A, K]`` bool.
@@ -253,12 +292,14 @@ def _target_logits(drafter: DeepSpecDrafter, blocks: BlockBatch) -> torch.Tensor
 def teacher_forced_outputs(
     drafter: DeepSpecDrafter, blocks: BlockBatch, *, with_target: bool = True
 ) -> BlockOutputs:
-    """Drafter logits (Markov head teacher-forced), confidences and target logits."""
-    lm_head = drafter._target_modules().lm_head
+    """Drafter logits (Markov head teacher-forced), confidences and target logits.
+
+    ``draft_logits`` cover the drafter's output vocabulary (its draft
+    vocabulary when it has one); ``target_logits`` always the whole vocabulary.
+    """
     device = drafter.fc.weight.device
     hidden = drafter_block_forward(drafter, blocks)
-    weight = getattr(lm_head, "weight", None)
-    base = lm_head(hidden if weight is None else hidden.to(weight.dtype)).float()
+    base = drafter.head_logits(hidden).float()
     prev = blocks.prev_ids.to(device)
     markov = drafter.markov_head
     hidden_arg = hidden if markov.needs_hidden else None

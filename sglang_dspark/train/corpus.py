@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 __all__ = [
+    "CHAT_SOURCES",
     "Prompt",
     "build_corpus",
     "corpus_summary",
@@ -159,6 +160,9 @@ def heldout_split(text: str, heldout_fraction: float) -> str:
     bucket = int(_sha1(text)[:8], 16) / float(1 << 32)
     return "heldout" if bucket < heldout_fraction else "train"
 
+
+#: where chat prompts come from (:func:`build_corpus`).
+CHAT_SOURCES = ("stdlib", "sharegpt")
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -462,6 +466,7 @@ def build_corpus(
     heldout_fraction: float = 0.05,
     max_chars: int = 1500,
     exclude: Iterable[str] = (),
+    chat_source: str = "stdlib",
 ) -> list[Prompt]:
     """Build the prompt corpus.
 
@@ -474,6 +479,9 @@ def build_corpus(
         max_chars: longest prompt kept.
         exclude: prompts (e.g. evaluation prompts) that no corpus prompt may
             share an 8-word shingle with.
+        chat_source: ``"stdlib"`` (the prompts above) or ``"sharegpt"``
+            (first human turns of ShareGPT, :mod:`.sharegpt`, its eval split
+            removed); code prompts always come from the stdlib.
 
     Returns:
         Chat and code prompts interleaved in a seeded order, each with its split.
@@ -484,7 +492,13 @@ def build_corpus(
     banned: set[tuple[str, ...]] = set()
     for text in exclude:
         banned |= shingles(text)
-    pools = _candidate_pools(max_chars)
+    if chat_source not in CHAT_SOURCES:
+        raise ValueError(f"chat_source must be one of {CHAT_SOURCES}, got {chat_source!r}.")
+    pools = dict(_candidate_pools(max_chars))
+    if chat_source == "sharegpt":
+        from sglang_dspark.train.sharegpt import sharegpt_pool
+
+        pools["chat"] = sharegpt_pool(max_chars)
 
     chosen: dict[str, list[Prompt]] = {}
     seen: set[str] = set()

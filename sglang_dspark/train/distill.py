@@ -46,6 +46,7 @@ resumes at the first missing shard and never reads a partial one.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -67,6 +68,9 @@ __all__ = [
     "DistilledData",
     "DistilledSequence",
     "distill",
+    "eos_token_ids",
+    "generation_model",
+    "resolve_compute_dtype",
     "target_fingerprint",
 ]
 
@@ -111,7 +115,8 @@ def _chat_ids(tokenizer: Any, text: str) -> list[int]:
     return [int(i) for i in ids]
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Every end-of-sequence id of the target (generation config, model config, tokenizer)."""
     ids: set[int] = set()
     for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
         value = getattr(source, "eos_token_id", None) if source is not None else None
@@ -216,6 +221,26 @@ def _generate(
     return results
 
 
+def resolve_compute_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The generation dtype a recipe's ``compute_dtype`` means on ``device``."""
+    if name == "auto":
+        from sglang_dspark.cpu_features import has_fast_bf16
+
+        fast = device.type == "cuda" or (device.type == "cpu" and has_fast_bf16())
+        return torch.bfloat16 if fast else torch.float32
+    return _DTYPES[name]
+
+
+def generation_model(model: Any, dtype: torch.dtype, attn_implementation: str) -> Any:
+    """``model`` itself, or a copy in ``dtype`` with ``attn_implementation`` for generation."""
+    current = getattr(model.config, "_attn_implementation", None)
+    if next(model.parameters()).dtype == dtype and current == attn_implementation:
+        return model
+    gen = copy.deepcopy(model).to(dtype)
+    gen.set_attn_implementation(attn_implementation)
+    return gen.eval()
+
+
 def _write_shard(path: Path, rows: list[dict[str, Any]], hidden_dtype: torch.dtype) -> dict:
     from safetensors.torch import save_file
 
@@ -284,6 +309,7 @@ def distill(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     hidden_dtype = _DTYPES[recipe.hidden_dtype]
+    compute_dtype = resolve_compute_dtype(recipe.compute_dtype, next(model.parameters()).device)
     backbone_cfg = model.config
     corpus_digest = hashlib.sha256("\n".join(p.id for p in prompts).encode()).hexdigest()
     spec = {
@@ -299,10 +325,11 @@ def distill(
             k: getattr(recipe, k)
             for k in (
                 "max_prompt_tokens", "max_new_tokens", "temperature", "top_p", "shard_size",
-                "hidden_dtype",
+                "hidden_dtype", "attn_implementation",
             )
         },
     }
+    spec["distill"]["compute_dtype"] = str(compute_dtype).removeprefix("torch.")
     manifest_path = out_dir / "manifest.json"
     manifest: dict[str, Any]
     if manifest_path.is_file():
@@ -324,8 +351,10 @@ def distill(
     num_shards = (len(prompts) + shard_size - 1) // shard_size
     manifest["num_shards"] = num_shards
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    eos_ids = _eos_ids(model, tokenizer)
+    eos_ids = eos_token_ids(model, tokenizer)
     todo = [i for i in range(num_shards) if not (out_dir / _shard_name(i)).is_file()]
+    if todo:
+        model = generation_model(model, compute_dtype, recipe.attn_implementation)
     done_tokens = sum(s.get("num_answer_tokens", 0) for s in manifest.get("shards", {}).values())
     bar = tqdm(total=num_shards, initial=num_shards - len(todo), desc="distilling", unit="shard",
                disable=not progress)
@@ -422,6 +451,7 @@ class DistilledData:
         if self.manifest.get("format") != DISTILL_FORMAT:
             raise DistillError(f"{manifest_path}: unknown format {self.manifest.get('format')!r}.")
         self._handles = []
+        self.shard_names: list[str] = []
         self._index: list[tuple[int, int]] = []  # (shard, row)
         self._offsets: list[torch.Tensor] = []
         self._ids: list[torch.Tensor] = []
@@ -435,6 +465,7 @@ class DistilledData:
                 continue
             handle = safe_open(str(path), framework="pt")
             self._handles.append(handle)
+            self.shard_names.append(path.name)
             offsets = handle.get_tensor("offsets")
             self._offsets.append(offsets)
             self._ids.append(handle.get_tensor("input_ids").long())
@@ -450,6 +481,16 @@ class DistilledData:
 
     def __len__(self) -> int:
         return len(self._index)
+
+    def answer_token_counts(self, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[V]`` counts of answer tokens in the train split and in the held-out split."""
+        counts = {False: torch.zeros(vocab_size, dtype=torch.int64),
+                  True: torch.zeros(vocab_size, dtype=torch.int64)}
+        for i, (shard, row) in enumerate(self._index):
+            start, end = int(self._offsets[shard][row]), int(self._offsets[shard][row + 1])
+            ids = self._ids[shard][start:end][self._mask[shard][start:end]]
+            counts[bool(self.heldout[i])] += torch.bincount(ids, minlength=vocab_size)[:vocab_size]
+        return counts[False], counts[True]
 
     def indices(self, split: str) -> list[int]:
         """Sequence indices of ``split`` (``"train"`` or ``"heldout"``)."""

@@ -131,14 +131,13 @@ def heldout_greedy_drafts(
         hidden = drafter_block_forward(drafter, blocks)  # [1, A, K, H]
         sel = usable[0].nonzero(as_tuple=True)[0]
         hidden = hidden[0, sel.to(hidden.device)]
-        lm_head = drafter._target_modules().lm_head
-        weight = getattr(lm_head, "weight", None)
-        logits = lm_head(hidden if weight is None else hidden.to(weight.dtype))
+        logits = drafter.head_logits(hidden)
         anchor_tokens = ids[0, anchors[0, sel]].to(hidden.device)
         if greedy is None or greedy.batch_size != len(sel):
             greedy = SamplingParams.create(0.0, batch_size=len(sel), device=hidden.device)
         block = draft_block(
-            logits, hidden, anchor_tokens, drafter.markov_head, drafter.confidence_head, greedy
+            logits, hidden, anchor_tokens, drafter.markov_head, drafter.confidence_head, greedy,
+            draft_vocab=drafter.draft_vocab,
         )
         accepted = block.tokens.cpu() == target_argmax[0, sel]
         acc_rows.append(accepted)

@@ -85,6 +85,8 @@ def drafter_config_dict(target_config: Mapping[str, Any], recipe: Recipe) -> dic
         cfg["confidence_head_with_markov"] = bool(d.confidence_head_with_markov)
     if d.intermediate_size is not None:
         cfg["intermediate_size"] = int(d.intermediate_size)
+    if d.draft_vocab_size is not None:
+        cfg["draft_vocab_size"] = int(d.draft_vocab_size)
     if "head_dim" not in cfg or cfg["head_dim"] is None:
         cfg["head_dim"] = int(cfg["hidden_size"]) // int(cfg["num_attention_heads"])
     return cfg
@@ -121,7 +123,9 @@ def save_drafter(
     directory.mkdir(parents=True, exist_ok=True)
     DSparkConfig.from_deepspec(dict(config_dict))  # validates before writing
     tensors = {
-        name: t.detach().to("cpu", dtype).contiguous() for name, t in drafter.state_dict().items()
+        # Weights in ``dtype``; the draft-vocabulary maps (int64 d2t, bool t2d) keep theirs.
+        name: t.detach().to("cpu", dtype if t.is_floating_point() else t.dtype).contiguous()
+        for name, t in drafter.state_dict().items()
     }
     tmp = directory / f".model.safetensors.tmp-{os.getpid()}"
     save_file(tensors, str(tmp), metadata={"format": "pt"})

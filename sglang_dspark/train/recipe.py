@@ -8,15 +8,17 @@ silently)::
       "name": "smollm2-135m-drafter",
       "drafter":   {block_size, num_draft_layers, target_layer_ids, mask_token_id,
                     markov_rank, markov_head_type, enable_confidence_head,
-                    confidence_head_with_markov, intermediate_size, init_std},
+                    confidence_head_with_markov, intermediate_size, init_std,
+                    draft_vocab_size},
       "corpus":    {seed, num_chat, num_code, heldout_fraction, max_chars},
       "distill":   {max_prompt_tokens, max_new_tokens, temperature, top_p,
-                    batch_size, shard_size, hidden_dtype},
+                    batch_size, shard_size, hidden_dtype, compute_dtype,
+                    attn_implementation},
       "train":     {num_anchors, micro_batch_size, batch_size, epochs, max_steps,
                     lr, warmup_ratio, weight_decay, max_grad_norm, adam_betas,
                     log_every, checkpoint_every, keep_checkpoints,
-                    val_blocks, max_seq_len},
-      "loss":      {ce_alpha, l1_alpha, confidence_alpha, decay_gamma},
+                    val_blocks, max_seq_len, compute_dtype},
+      "loss":      {ce_alpha, l1_alpha, confidence_alpha, decay_gamma, ce_only_ratio},
       "calibration": {max_blocks, n_bins},
       "export":    {dtype},
       "torch_threads": 1
@@ -71,6 +73,9 @@ class DrafterRecipe:
     intermediate_size: int | None = None
     #: normal init std of every weight (DeepSpec/HF ``initializer_range`` 0.02).
     init_std: float = 0.02
+    #: reduced draft vocabulary (EAGLE-3 ``draft_vocab_size``): the most frequent
+    #: tokens of the distilled training answers (plus EOS); ``None`` = whole vocabulary.
+    draft_vocab_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,8 @@ class CorpusRecipe:
     num_code: int = 500
     heldout_fraction: float = 0.05
     max_chars: int = 1500
+    #: ``"stdlib"`` or ``"sharegpt"`` (:data:`sglang_dspark.train.corpus.CHAT_SOURCES`).
+    chat_source: str = "stdlib"
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,13 @@ class DistillRecipe:
     batch_size: int = 8
     shard_size: int = 32
     hidden_dtype: str = "bfloat16"
+    #: dtype the target generates in: ``"auto"`` = bfloat16 where the CPU has bf16
+    #: dot-product instructions (:func:`sglang_dspark.cpu_features.has_fast_bf16`)
+    #: or on CUDA, else float32.
+    compute_dtype: str = "float32"
+    #: HF attention for generation; ``"eager"`` decoded 1.5x faster than ``"sdpa"``
+    #: in bf16 on the 2-core EPYC (bench/RESULTS.md).
+    attn_implementation: str = "sdpa"
 
 
 @dataclass(frozen=True)
@@ -119,6 +133,9 @@ class TrainRecipe:
     val_blocks: int = 128
     #: sequences longer than this are cut (tokens).
     max_seq_len: int = 1024
+    #: autocast dtype of the drafter's forward/backward (fp32 master weights):
+    #: ``"auto"`` = bfloat16 on CUDA or a CPU with bf16 instructions, else float32.
+    compute_dtype: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -129,6 +146,10 @@ class LossRecipe:
     l1_alpha: float = 0.9
     confidence_alpha: float = 1.0
     decay_gamma: float | None = 4.0
+    #: share of the optimiser steps trained first in the cross-entropy phase
+    #: (CE + confidence on greedy acceptance, ``ce_alpha`` 1, no target logits;
+    #: :func:`sglang_dspark.train.loss.dspark_loss`), before the weights above.
+    ce_only_ratio: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -167,6 +188,8 @@ class Recipe:
             raise RecipeError(f"drafter.block_size must be >= 2, got {d.block_size}.")
         if d.num_draft_layers < 1 or d.markov_rank < 1:
             raise RecipeError("drafter.num_draft_layers and drafter.markov_rank must be >= 1.")
+        if d.draft_vocab_size is not None and d.draft_vocab_size < 1:
+            raise RecipeError(f"drafter.draft_vocab_size must be >= 1, got {d.draft_vocab_size}.")
         if list(d.target_layer_ids) != sorted(set(d.target_layer_ids)) or not d.target_layer_ids:
             raise RecipeError(
                 f"drafter.target_layer_ids must be non-empty and strictly increasing, got "
@@ -174,6 +197,16 @@ class Recipe:
             )
         if self.distill.hidden_dtype not in ("bfloat16", "float16", "float32"):
             raise RecipeError(f"distill.hidden_dtype {self.distill.hidden_dtype!r} is unknown.")
+        if self.distill.compute_dtype not in ("auto", "bfloat16", "float32"):
+            raise RecipeError(f"distill.compute_dtype {self.distill.compute_dtype!r} is unknown.")
+        if self.distill.attn_implementation not in ("eager", "sdpa"):
+            raise RecipeError(
+                f"distill.attn_implementation {self.distill.attn_implementation!r} is unknown."
+            )
+        if not 0.0 <= self.loss.ce_only_ratio <= 1.0:
+            raise RecipeError(f"loss.ce_only_ratio must be in [0, 1], got {self.loss.ce_only_ratio}.")
+        if self.train.compute_dtype not in ("auto", "bfloat16", "float32"):
+            raise RecipeError(f"train.compute_dtype {self.train.compute_dtype!r} is unknown.")
         if self.export.dtype not in ("bfloat16", "float16", "float32"):
             raise RecipeError(f"export.dtype {self.export.dtype!r} is unknown.")
         t = self.train

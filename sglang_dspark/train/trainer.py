@@ -57,11 +57,18 @@ import torch
 
 from sglang_dspark.algorithm.calibration import StsCalibration, fit_sts
 from sglang_dspark.algorithm.config import DSparkConfig
+from sglang_dspark.algorithm.draft_vocab import DraftVocab, draft_vocab_from_counts
 from sglang_dspark.models.deepspec_drafter import DeepSpecDrafter
 from sglang_dspark.strict_json import write_json_atomic
 from sglang_dspark.train.blocks import build_blocks, sample_anchors, teacher_forced_outputs
 from sglang_dspark.train.corpus import build_corpus, corpus_summary, load_prompt_file
-from sglang_dspark.train.distill import DistilledData, distill, target_fingerprint
+from sglang_dspark.train.distill import (
+    DistilledData,
+    eos_token_ids,
+    distill,
+    resolve_compute_dtype,
+    target_fingerprint,
+)
 from sglang_dspark.train.evaluate import heldout_greedy_drafts
 from sglang_dspark.train.export import DTYPES, drafter_config_dict, init_drafter_weights, save_drafter
 from sglang_dspark.train.loss import dspark_loss
@@ -78,7 +85,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_EVAL_FILES = ("tests/data/eval_chat.jsonl", "tests/data/eval_code.jsonl")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+_EVAL_FILES = (
+    "tests/data/eval_chat.jsonl",
+    "tests/data/eval_code.jsonl",
+    "sglang_dspark/data/eval_sharegpt.jsonl",
+)
 
 
 class TrainError(RuntimeError):
@@ -122,10 +134,9 @@ def _atomic_json(path: Path, payload: Any) -> None:
 
 def _default_exclusions() -> list[str]:
     """Evaluation prompts the corpus must not overlap (when the repo's files exist)."""
-    root = Path(__file__).resolve().parents[2]
     texts = []
     for rel in _EVAL_FILES:
-        path = root / rel
+        path = REPO_ROOT / rel
         if path.is_file():
             texts += [row["prompt"] for row in load_prompt_file(path)]
     return texts
@@ -175,13 +186,26 @@ class Trainer:
         # so a resumed run logs exactly what an uninterrupted one does).
         self._window: list[dict[str, Any]] = []
         self._stop_requested = False
+        self.compute_dtype = resolve_compute_dtype(recipe.train.compute_dtype, self.device)
+        self.vocab_stats: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ #
     # Data
     # ------------------------------------------------------------------ #
-    def prepare_data(self) -> DistilledData:
-        """Build the corpus and distil it (skips finished shards)."""
+    def prepare_data(self, *, distill_missing: bool = True) -> DistilledData:
+        """Build the corpus and distil it (skips finished shards).
+
+        ``distill_missing=False`` uses the shards distilled so far (at least
+        one) and leaves the rest for a later run.
+        """
         r = self.recipe
+        if not distill_missing:
+            data = DistilledData(self.data_dir)
+            if len(data) == 0:
+                raise TrainError(f"{self.data_dir} holds no distilled shard yet.")
+            logger.info("training on the %d distilled shard(s) of %d", len(data.shard_names),
+                        int(data.manifest.get("num_shards", 0)))
+            return data
         prompts = build_corpus(
             seed=r.corpus.seed,
             num_chat=r.corpus.num_chat,
@@ -189,6 +213,7 @@ class Trainer:
             heldout_fraction=r.corpus.heldout_fraction,
             max_chars=r.corpus.max_chars,
             exclude=_default_exclusions(),
+            chat_source=r.corpus.chat_source,
         )
         logger.info("corpus: %d prompts %s", len(prompts), corpus_summary(prompts))
         fingerprint = target_fingerprint(self.target_dir) if self.target_dir else ""
@@ -208,10 +233,28 @@ class Trainer:
     # ------------------------------------------------------------------ #
     # Model and optimiser
     # ------------------------------------------------------------------ #
-    def build_drafter(self) -> DeepSpecDrafter:
+    def draft_vocab(self, data: DistilledData) -> DraftVocab | None:
+        """The recipe's draft vocabulary: the most frequent tokens of the training answers, plus EOS."""
+        size = self.recipe.drafter.draft_vocab_size
+        if size is None:
+            return None
+        train, heldout = data.answer_token_counts(self.config.vocab_size)
+        eos = sorted(eos_token_ids(self.target, self.tokenizer))
+        vocab = draft_vocab_from_counts(train, size, always=torch.tensor(eos, dtype=torch.int64))
+        self.vocab_stats = {
+            "draft_vocab_size": size,
+            "draft_vocab_train_coverage": round(vocab.coverage(train), 5),
+            "draft_vocab_heldout_coverage": round(vocab.coverage(heldout), 5),
+        }
+        logger.info("draft vocabulary: %s", self.vocab_stats)
+        return vocab
+
+    def build_drafter(self, vocab: DraftVocab | None = None) -> DeepSpecDrafter:
         drafter = DeepSpecDrafter(self.config)
         init_drafter_weights(drafter, std=self.recipe.drafter.init_std, seed=self.seed)
         drafter = drafter.to(self.device, torch.float32)
+        if vocab is not None:
+            drafter.set_draft_vocab(vocab)
         drafter.attach_target_modules(
             self.target.get_input_embeddings(), self.target.get_output_embeddings()
         )
@@ -322,7 +365,7 @@ class Trainer:
             last[row, :n] = s.last_hidden
         return ids, mask, ctx, last
 
-    def _micro_step(self, drafter, data, indices, gen) -> dict[str, Any]:
+    def _micro_step(self, drafter, data, indices, gen, *, ce_phase: bool) -> dict[str, Any]:
         r = self.recipe
         ids, mask, ctx, last = self._collate(data, indices)
         anchors, keep = sample_anchors(mask, r.train.num_anchors, generator=gen)
@@ -331,13 +374,15 @@ class Trainer:
             block_size=self.config.block_size, mask_token_id=self.config.mask_token_id,
             last_hidden=last,
         )
-        out = teacher_forced_outputs(drafter, blocks)
+        autocast = self.compute_dtype != torch.float32
+        with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=autocast):
+            out = teacher_forced_outputs(drafter, blocks, with_target=not ce_phase)
         return dspark_loss(
             out.draft_logits, out.target_logits, out.target_ids, out.eval_mask,
             out.confidence_logits,
-            ce_alpha=r.loss.ce_alpha, l1_alpha=r.loss.l1_alpha,
+            ce_alpha=1.0 if ce_phase else r.loss.ce_alpha, l1_alpha=r.loss.l1_alpha,
             confidence_alpha=r.loss.confidence_alpha, decay_gamma=r.loss.decay_gamma,
-            keep=out.keep,
+            keep=out.keep, draft_vocab=drafter.draft_vocab,
         )
 
     def _validate(self, drafter, data: DistilledData, heldout: list[int]) -> dict[str, Any]:
@@ -390,8 +435,9 @@ class Trainer:
             total = int(t.max_steps)
         else:
             total = max(1, math.ceil(t.epochs * len(train_ids) / t.batch_size))
-        drafter = self.build_drafter()
+        drafter = self.build_drafter(self.draft_vocab(data))
         opt, sched = self._optimizer(drafter, total)
+        ce_steps = round(r.loss.ce_only_ratio * total)
         step = 0
         existing = self._checkpoints()
         if existing and not resume:
@@ -422,7 +468,7 @@ class Trainer:
                 for m in range(accum):
                     gen = torch.Generator().manual_seed(_stream_seed(self.seed, 23, step, m))
                     chunk = batch[m * t.micro_batch_size : (m + 1) * t.micro_batch_size]
-                    out = self._micro_step(drafter, data, chunk, gen)
+                    out = self._micro_step(drafter, data, chunk, gen, ce_phase=step < ce_steps)
                     (out.loss / accum).backward()
                     parts.append(out)
                     slots += int(out.accept_count.sum())
@@ -568,12 +614,17 @@ def run_training(
     resume: bool = False,
     stop_after_steps: int | None = None,
     progress: bool = True,
+    prepare_only: bool = False,
+    distill_missing: bool = True,
 ) -> TrainResult | None:
     """The whole pipeline (see the module docstring).
 
+    ``distill_missing=False`` trains on the shards distilled so far.
+
     Returns:
-        A :class:`TrainResult`, or ``None`` when ``stop_after_steps`` stopped
-        the run early (a checkpoint was written; resume with ``resume=True``).
+        A :class:`TrainResult`, or ``None`` after ``prepare_only`` (data
+        distilled, no training) or when ``stop_after_steps`` stopped the run
+        early (a checkpoint was written; resume with ``resume=True``).
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -587,7 +638,9 @@ def run_training(
         "target": str(Path(target_dir).resolve()), "seed": seed, "device": device,
         "recipe": recipe.to_dict(),
     })
-    data = trainer.prepare_data()
+    data = trainer.prepare_data(distill_missing=distill_missing)
+    if prepare_only:
+        return None
     drafter, step, finished = trainer.train(data, resume=resume, stop_after_steps=stop_after_steps)
     if not finished:
         return None
@@ -602,6 +655,8 @@ def run_training(
                                  for s in data.manifest.get("shards", {}).values())),
         "sts": sts.to_dict(),
         **stats,
+        **trainer.vocab_stats,
+        "train_compute_dtype": str(trainer.compute_dtype).removeprefix("torch."),
         "drafter_parameters": sum(p.numel() for p in drafter.parameters()),
         "wall_seconds": round(time.perf_counter() - start, 1),
     }

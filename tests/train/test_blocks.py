@@ -148,3 +148,27 @@ def test_teacher_forced_logits_add_markov_term_of_true_tokens():
     conf_in = torch.cat([out.hidden[0, 0], w1[prev[0]]], dim=-1)
     want_conf = drafter.confidence_head.proj(conf_in).squeeze(-1)
     torch.testing.assert_close(out.confidence_logits[0, 0], want_conf, rtol=1e-5, atol=1e-5)
+
+
+def test_block_attention_equals_dense_masked_attention():
+    """The sparse training attention equals SDPA under DeepSpec's dense [Q, T + Q] mask."""
+    import torch.nn.functional as F
+
+    from sglang_dspark.train.blocks import block_attention
+
+    torch.manual_seed(0)
+    B, Hq, Hkv, T, A, K, d = 2, 6, 2, 9, 3, 4, 8
+    Q = A * K
+    q = torch.randn(B, Hq, Q, d)
+    k_ctx, v_ctx = torch.randn(B, Hkv, T, d), torch.randn(B, Hkv, T, d)
+    k_blk, v_blk = torch.randn(B, Hkv, Q, d), torch.randn(B, Hkv, Q, d)
+    anchors = torch.tensor([[0, 3, 7], [2, 5, 8]])
+    q_block = torch.arange(Q) // K
+    ctx_visible = torch.arange(T)[None, None, :] < anchors[:, q_block][..., None]
+    got = block_attention(q, k_ctx, v_ctx, k_blk, v_blk, ctx_visible, K, d**-0.5)
+    same_block = (q_block[:, None] == q_block[None, :]).expand(B, -1, -1)
+    mask = torch.cat([ctx_visible, same_block], dim=-1)[:, None]
+    k = torch.cat([k_ctx, k_blk], dim=2).repeat_interleave(Hq // Hkv, dim=1)
+    v = torch.cat([v_ctx, v_blk], dim=2).repeat_interleave(Hq // Hkv, dim=1)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=d**-0.5)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()

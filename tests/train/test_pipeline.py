@@ -145,3 +145,63 @@ def test_trained_drafter_beats_random_and_stays_lossless(first_run, tiny_target_
         ids = _prompt_ids(tokenizer, prompt, True)
         assert out == greedy_decode(target, ids, max_new_tokens=32)
     assert bad.outputs == good.outputs
+
+
+def test_reduced_vocab_ce_phase_bf16_drafter_round_trips_and_stays_lossless(
+    first_run, tiny_target_dir, recipe, tmp_path_factory
+):
+    """Draft vocabulary (EAGLE-3 d2t/t2d), cross-entropy phase first, bf16 autocast: a working drafter."""
+    import dataclasses
+
+    from sglang_dspark.algorithm.draft_vocab import DraftVocab
+    from sglang_dspark.models.deepspec_drafter import DrafterCheckpointError, check_deepspec_checkpoint
+    from safetensors.torch import save_file
+
+    variant = dataclasses.replace(
+        recipe,
+        drafter=dataclasses.replace(recipe.drafter, draft_vocab_size=96),
+        loss=dataclasses.replace(recipe.loss, ce_only_ratio=0.5),
+        train=dataclasses.replace(recipe.train, compute_dtype="bfloat16"),
+    )
+    out = _fresh_out(first_run, tmp_path_factory, "run-vocab")
+    result = run_training(tiny_target_dir, variant, out, seed=0, progress=False,
+                          distill_missing=False)
+    drafter_dir = result.drafter_dir
+    raw = json.loads((drafter_dir / "config.json").read_text())
+    assert raw["draft_vocab_size"] == 96
+    weights = _weights(drafter_dir)
+    assert set(weights) == DEEPSPEC_KEYS | {"d2t", "t2d"}
+    assert weights["d2t"].dtype == torch.int64 and weights["t2d"].dtype == torch.bool
+    assert weights["markov_head.markov_w2.weight"].shape[0] == 96
+    summary = json.loads((drafter_dir / "training_log.json").read_text())["summary"]
+    assert summary["draft_vocab_train_coverage"] > 0.9
+    assert summary["train_compute_dtype"] == "bfloat16"
+    log = json.loads((drafter_dir / "training_log.json").read_text())["log"]
+    l1 = [e["l1"] for e in log if "l1" in e]
+    assert l1[0] == 0.0 and l1[-1] > 0.0  # the cross-entropy phase, then the DSpark mix
+
+    target, tokenizer = load_target(tiny_target_dir)
+    embed, head = target.get_input_embeddings(), target.get_output_embeddings()
+    drafter = load_deepspec_drafter(drafter_dir, embed_tokens=embed, lm_head=head)
+    vocab = drafter.draft_vocab
+    assert isinstance(vocab, DraftVocab) and vocab.size == 96
+    rows = [json.loads(line) for line in (out / "data" / "prompts.jsonl").read_text().splitlines()]
+    prompts = [r["text"] for r in rows if r["split"] == "heldout"][:3]
+    report = evaluate_acceptance(target, tokenizer, drafter, prompts, max_new_tokens=24)
+    assert report.mean_committed > 1.3
+    for prompt, got in zip(prompts, report.outputs):
+        assert got == greedy_decode(target, _prompt_ids(tokenizer, prompt, True), max_new_tokens=24)
+
+    # A t2d that disagrees with d2t is refused at load, naming the maps.
+    broken = tmp_path_factory.mktemp("broken-vocab")
+    shutil.copy(drafter_dir / "config.json", broken / "config.json")
+    bad = dict(weights)
+    bad["t2d"] = ~weights["t2d"]
+    save_file(bad, str(broken / "model.safetensors"))
+    check_deepspec_checkpoint(broken, drafter.config)  # shapes and dtypes are right
+    with pytest.raises(DrafterCheckpointError, match="d2t/t2d"):
+        load_deepspec_drafter(broken, embed_tokens=embed, lm_head=head)
+    bad["d2t"] = weights["d2t"].float()
+    save_file(bad, str(broken / "model.safetensors"))
+    with pytest.raises(DrafterCheckpointError, match="I64"):
+        check_deepspec_checkpoint(broken, drafter.config)

@@ -449,17 +449,27 @@ class DeepSpecDrafter(nn.Module):
         """
         head = self._target_modules().lm_head
         weight = getattr(head, "weight", None)
-        vocab = self.draft_vocab
-        if vocab is None or weight is None:
+        if self.draft_vocab is None or weight is None:
             return head(hidden if weight is None else hidden.to(weight.dtype))
-        source = getattr(head, "compute_weight", None)
-        source = weight if source is None else source
-        key = (source.data_ptr(), source.dtype, source.device, self.d2t._version)
-        if self._head_rows is None or self._head_rows[0] != key:
-            rows = source.detach().index_select(0, vocab.ids.to(source.device))
-            self._head_rows = (key, rows)
-        rows = self._head_rows[1]
+        rows = self._draft_head_rows(head, weight)
         return F.linear(hidden.to(rows.dtype), rows).to(weight.dtype)
+
+    def _draft_head_rows(self, head: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+        dtype = getattr(head, "compute_dtype", None) or weight.dtype
+        key = (weight.data_ptr(), weight.device, dtype, self.d2t._version)
+        if self._head_rows is None or self._head_rows[0] != key:
+            rows = weight.detach().index_select(0, self.draft_vocab.ids.to(weight.device)).to(dtype)
+            self._head_rows = (key, rows)
+        return self._head_rows[1]
+
+    def head_weight_copy(self) -> torch.Tensor | None:
+        """The LM head copy this drafter multiplies with (draft-vocabulary rows, or the
+        shared head's compute-dtype copy), or ``None`` when it uses the target's weight."""
+        head = self._target_modules().lm_head
+        weight = getattr(head, "weight", None)
+        if self.draft_vocab is not None and weight is not None:
+            return self._draft_head_rows(head, weight)
+        return getattr(head, "compute_weight", None)
 
     def _target_modules(self) -> _SharedTargetModules:
         if self._shared is None:

@@ -81,25 +81,34 @@ class _SharedWeight(nn.Module):
     """The target's embedding or LM head as a plain module over its weight.
 
     ``compute_dtype``: the LM head multiplies in that dtype from a copy of the
-    weight made once (outputs stay in the weight's dtype), e.g. bfloat16 on a
-    CPU with bf16 instructions, where the drafter's vocabulary-sized GEMM is
-    several times faster. Drafts change a little; what is committed does not
-    (the target verifies every draft).
+    weight made on first use (outputs stay in the weight's dtype), e.g.
+    bfloat16 on a CPU with bf16 instructions, where the drafter's
+    vocabulary-sized GEMM is several times faster. Drafts change a little;
+    what is committed does not (the target verifies every draft). A drafter
+    with a reduced draft vocabulary copies only its rows, in ``compute_dtype``
+    (:meth:`DeepSpecDrafter.head_logits`), and never makes the whole copy.
     """
 
     def __init__(self, weight: torch.Tensor, kind: str, compute_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.weight = weight
         self.kind = kind
-        self.compute_weight = (
-            None if compute_dtype in (None, weight.dtype) or kind != "head" else weight.to(compute_dtype)
-        )
+        self.compute_dtype = None if compute_dtype == weight.dtype or kind != "head" else compute_dtype
+        self._compute_weight: torch.Tensor | None = None
+
+    @property
+    def compute_weight(self) -> torch.Tensor | None:
+        """The weight in ``compute_dtype`` (made on first access), or ``None``."""
+        if self.compute_dtype is not None and self._compute_weight is None:
+            self._compute_weight = self.weight.to(self.compute_dtype)
+        return self._compute_weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "embed":
             return F.embedding(x, self.weight)
-        if self.compute_weight is not None:
-            return F.linear(x.to(self.compute_weight.dtype), self.compute_weight).to(self.weight.dtype)
+        if self.compute_dtype is not None:
+            weight = self.compute_weight
+            return F.linear(x.to(weight.dtype), weight).to(self.weight.dtype)
         return F.linear(x, self.weight)
 
 
@@ -292,6 +301,8 @@ class DSparkWorker(BaseSpecWorker):
             dtype=head.weight.dtype,
             num_target_layers=num_layers,
         )
+        # Made now, so that SGLang sizes the KV pool with the head copy resident.
+        drafter.head_weight_copy()
         return _shard_for_tensor_parallelism(drafter.eval().requires_grad_(False))
 
     def _load_sps_table(self, path: str | None) -> SpsTable:
@@ -312,8 +323,9 @@ class DSparkWorker(BaseSpecWorker):
 
     @property
     def drafter_head_copy_bytes(self) -> int:
-        """The LM head copy the drafter multiplies with (bf16 on CPUs with bf16 instructions), else 0."""
-        copy = getattr(self.drafter._target_modules().lm_head, "compute_weight", None)
+        """The LM head copy the drafter multiplies with (its draft-vocabulary rows, or the
+        whole head in bf16 on CPUs with bf16 instructions), else 0."""
+        copy = self.drafter.head_weight_copy()
         return 0 if copy is None else copy.numel() * copy.element_size()
 
     @property

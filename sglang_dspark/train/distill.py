@@ -350,13 +350,14 @@ def distill(
     shard_size = recipe.shard_size
     num_shards = (len(prompts) + shard_size - 1) // shard_size
     manifest["num_shards"] = num_shards
+    wanted = num_shards if recipe.max_shards is None else min(num_shards, recipe.max_shards)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     eos_ids = eos_token_ids(model, tokenizer)
-    todo = [i for i in range(num_shards) if not (out_dir / _shard_name(i)).is_file()]
+    todo = [i for i in range(wanted) if not (out_dir / _shard_name(i)).is_file()]
     if todo:
         model = generation_model(model, compute_dtype, recipe.attn_implementation)
     done_tokens = sum(s.get("num_answer_tokens", 0) for s in manifest.get("shards", {}).values())
-    bar = tqdm(total=num_shards, initial=num_shards - len(todo), desc="distilling", unit="shard",
+    bar = tqdm(total=wanted, initial=wanted - len(todo), desc="distilling", unit="shard",
                disable=not progress)
     start = time.perf_counter()
     new_tokens = 0
@@ -406,7 +407,7 @@ def distill(
                         tokens=done_tokens + new_tokens)
         logger.info(
             "shard %d/%d: %d sequences, %d answer tokens (%.1f answer tok/s)",
-            shard + 1, num_shards, stats["num_sequences"], stats["num_answer_tokens"],
+            shard + 1, wanted, stats["num_sequences"], stats["num_answer_tokens"],
             new_tokens / max(elapsed, 1e-9),
         )
     bar.close()
@@ -440,7 +441,8 @@ class DistilledSequence:
 class DistilledData:
     """Random access to the sequences of a data directory (memory-mapped shards)."""
 
-    def __init__(self, data_dir: str | Path) -> None:
+    def __init__(self, data_dir: str | Path, *, max_shards: int | None = None) -> None:
+        """Open ``data_dir``; with ``max_shards`` only shards ``0 .. max_shards - 1`` are read."""
         from safetensors import safe_open
 
         self.data_dir = Path(data_dir)
@@ -459,7 +461,10 @@ class DistilledData:
         self._prompt: list[torch.Tensor] = []
         heldout: list[bool] = []
         lengths: list[int] = []
-        for shard in range(int(self.manifest.get("num_shards", 0))):
+        num_shards = int(self.manifest.get("num_shards", 0))
+        if max_shards is not None:
+            num_shards = min(num_shards, max_shards)
+        for shard in range(num_shards):
             path = self.data_dir / _shard_name(shard)
             if not path.is_file():
                 continue

@@ -13,7 +13,7 @@ silently)::
       "corpus":    {seed, num_chat, num_code, heldout_fraction, max_chars},
       "distill":   {max_prompt_tokens, max_new_tokens, temperature, top_p,
                     batch_size, shard_size, hidden_dtype, compute_dtype,
-                    attn_implementation},
+                    attn_implementation, max_shards},
       "train":     {num_anchors, micro_batch_size, batch_size, epochs, max_steps,
                     lr, warmup_ratio, weight_decay, max_grad_norm, adam_betas,
                     log_every, checkpoint_every, keep_checkpoints,
@@ -107,6 +107,9 @@ class DistillRecipe:
     #: dot-product instructions (:func:`sglang_dspark.cpu_features.has_fast_bf16`)
     #: or on CUDA, else float32.
     compute_dtype: str = "float32"
+    #: distil and train on the first ``max_shards`` shards of the corpus only
+    #: (``None`` = all); raising it later distils the next shards of the same corpus.
+    max_shards: int | None = None
     #: HF attention for generation; ``"eager"`` decoded 1.5x faster than ``"sdpa"``
     #: in bf16 on the 2-core EPYC (bench/RESULTS.md).
     attn_implementation: str = "sdpa"
@@ -197,6 +200,8 @@ class Recipe:
             )
         if self.distill.hidden_dtype not in ("bfloat16", "float16", "float32"):
             raise RecipeError(f"distill.hidden_dtype {self.distill.hidden_dtype!r} is unknown.")
+        if self.distill.max_shards is not None and self.distill.max_shards < 1:
+            raise RecipeError(f"distill.max_shards must be >= 1, got {self.distill.max_shards}.")
         if self.distill.compute_dtype not in ("auto", "bfloat16", "float32"):
             raise RecipeError(f"distill.compute_dtype {self.distill.compute_dtype!r} is unknown.")
         if self.distill.attn_implementation not in ("eager", "sdpa"):

@@ -200,7 +200,7 @@ class Trainer:
         """
         r = self.recipe
         if not distill_missing:
-            data = DistilledData(self.data_dir)
+            data = DistilledData(self.data_dir, max_shards=r.distill.max_shards)
             if len(data) == 0:
                 raise TrainError(f"{self.data_dir} holds no distilled shard yet.")
             logger.info("training on the %d distilled shard(s) of %d", len(data.shard_names),
@@ -228,7 +228,7 @@ class Trainer:
             seed=r.corpus.seed,
             progress=self.progress,
         )
-        return DistilledData(self.data_dir)
+        return DistilledData(self.data_dir, max_shards=r.distill.max_shards)
 
     # ------------------------------------------------------------------ #
     # Model and optimiser

@@ -76,6 +76,12 @@ def test_resumes_by_shard_and_refuses_other_settings(setup):
     other = out / "shard_00000.safetensors"
     mtime = other.stat().st_mtime_ns
     shard.unlink()
+    # A recipe that stops at the first shard distils nothing more and reads one shard.
+    first_only = dataclasses.replace(recipe.distill, max_shards=1)
+    distill(model, tokenizer, prompts, out, layer_ids=recipe.drafter.target_layer_ids,
+            recipe=first_only, progress=False)
+    assert not shard.exists()
+    assert len(DistilledData(out, max_shards=1)) == manifest["shards"]["shard_00000.safetensors"]["num_sequences"]
     again = distill(model, tokenizer, prompts, out, layer_ids=recipe.drafter.target_layer_ids,
                     recipe=recipe.distill, progress=False)
     after = load_file(str(shard))

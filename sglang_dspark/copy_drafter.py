@@ -65,7 +65,9 @@ def write_copy_drafter(directory: Path, config: DSparkConfig, *, confidence_spre
     u = torch.randn(config.vocab_size, config.markov_rank, generator=gen)
     u = u / u.norm(dim=1, keepdim=True)
     weights["markov_head.markov_w1.weight"] = 60.0 * u
-    weights["markov_head.markov_w2.weight"] = u.clone()
+    # With a draft vocabulary (its first rows, see write_synthetic_deepspec_checkpoint) only
+    # those tokens can be copied.
+    weights["markov_head.markov_w2.weight"] = u[: config.output_vocab_size].clone()
     proj = weights["confidence_head.proj.weight"].zero_()
     if confidence_spread > 0:
         h = config.hidden_size

@@ -61,6 +61,16 @@ def copy_drafter(tmp_path_factory, tiny_target) -> Path:
 
 
 @pytest.fixture(scope="session")
+def draft_vocab_drafter(tmp_path_factory, tiny_target) -> Path:
+    """The copy drafter with a reduced draft vocabulary: token ids 0-223 of the 260 (EAGLE-3 d2t/t2d)."""
+    return write_copy_drafter(
+        tmp_path_factory.mktemp("draft-vocab-drafter"),
+        copy_drafter_config(tiny_target, draft_vocab_size=224),
+        confidence_spread=2.0,
+    )
+
+
+@pytest.fixture(scope="session")
 def server_logs(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("server-logs")
 

@@ -151,7 +151,15 @@ def draft_block(
         if draft_vocab is not None:
             logits_k = draft_vocab.expand_logits(logits_k)
         if logits_processor is not None:
+            unmasked = logits_k.clone() if draft_vocab is not None else None
             logits_processor(k, logits_k, prev)
+            if unmasked is not None:
+                # A constraint may allow only tokens outside the draft vocabulary. Such a row
+                # drafts from its unconstrained logits instead: any proposal keeps verification
+                # lossless, and the target rejects what the constraint forbids.
+                dead = ~torch.isfinite(logits_k).any(dim=-1)
+                if bool(dead.any()):
+                    logits_k[dead] = unmasked[dead]
         probs_k = logits_to_probs(logits_k, sampling.temperature, sampling.top_p, sampling.top_k, sampling.min_p)
         if all_greedy:
             prev = probs_k.argmax(dim=-1)  # one-hot rows: no sampling needed

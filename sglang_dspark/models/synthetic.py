@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from sglang_dspark.algorithm.config import DSparkConfig
+from sglang_dspark.algorithm.draft_vocab import DraftVocab
 from sglang_dspark.models.deepspec_drafter import deepspec_state_dict_shapes
 
 __all__ = [
@@ -70,6 +71,8 @@ def deepspec_config_dict(config: DSparkConfig) -> dict[str, Any]:
     }
     if config.num_target_layers is not None:
         out["num_target_layers"] = config.num_target_layers
+    if config.draft_vocab_size is not None:
+        out["draft_vocab_size"] = config.draft_vocab_size
     if config.enable_confidence_head:
         out["confidence_head_with_markov"] = config.confidence_head_with_markov
     return out
@@ -122,6 +125,10 @@ def write_synthetic_deepspec_checkpoint(
         name: _random_tensor(name, shape, gen).to(dtype)
         for name, shape in sorted(deepspec_state_dict_shapes(config).items())
     }
+    if config.draft_vocab_size is not None:
+        # The first draft_vocab_size token ids (EAGLE-3 maps, as training writes them).
+        vocab = DraftVocab(torch.arange(config.draft_vocab_size), config.vocab_size)
+        tensors["d2t"], tensors["t2d"] = vocab.d2t(), vocab.membership()
     if target_modules is None:
         target_modules = make_synthetic_target_modules(config, seed=seed + 1)
     embed, head = target_modules

@@ -97,3 +97,21 @@ def test_cross_entropy_phase_uses_greedy_acceptance_and_skips_labels_outside():
     expected = (torch.nn.functional.cross_entropy(draft[0, :2], torch.tensor([0, 2]), reduction="sum")) / 3
     assert torch.allclose(out.ce, expected, atol=1e-4)
     assert float(out.tau) == pytest.approx(2.0)
+
+
+def test_constraint_that_allows_only_tokens_outside_the_vocab_still_drafts_a_distribution():
+    V, Vd, B, K = 20, 5, 2, 3
+    vocab = DraftVocab(torch.arange(Vd), V)
+    head = VanillaMarkovHead(vocab_size=V, markov_rank=4, out_vocab_size=Vd).requires_grad_(False)
+    logits = torch.randn(B, K, Vd)
+
+    def only_outside(k, logits_k, prev):  # row 0: a grammar that allows token 19 only
+        logits_k[0, :19] = float("-inf")
+
+    for temperature in (0.0, 1.0):
+        block = draft_block(logits, torch.zeros(B, K, 4), torch.tensor([1, 2]), head, None,
+                            SamplingParams.create(temperature, batch_size=B), draft_vocab=vocab,
+                            logits_processor=only_outside, generator=torch.Generator().manual_seed(0))
+        assert torch.isfinite(block.probs).all()
+        assert torch.allclose(block.probs.sum(-1), torch.ones(B, K))
+        assert vocab.membership()[block.tokens].all()

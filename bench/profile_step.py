@@ -5,7 +5,7 @@
 
 Serves SmolLM2-135M-Instruct (fp32) plainly and with DSPARK and the shipped
 drafter, speculation forced on (``SGLANG_DSPARK_ADAPTIVE=0``, every step
-drafts), side by side. For each concurrency it sends held-out chat prompts
+drafts), side by side. For each concurrency it sends held-out ShareGPT prompts
 (greedy) to each server in turn and reports, per worker step: drafting, prefix
 scheduling, verify preparation, the verify forward and the rest, as ratios of
 the plain server's decode step (its inter-token latency), from the worker's own
@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     models = smollm2_models(args.model_cache)
-    prompts = [p.text for p in load_eval_prompts(REPO / "tests" / "data" / "eval_chat.jsonl", limit=args.prompts)]
+    prompts = [p.text for p in load_eval_prompts(REPO / "sglang_dspark" / "data" / "eval_sharegpt.jsonl",
+                                                 limit=args.prompts)]
     base = cpu_serve_args(models.target)
     plain = ServerProcess(base, args.out / "server-plain.log")
     spec = ServerProcess([*base, *dspark_args(SHIPPED_SMOLLM2_DRAFTER)], args.out / "server-dspark.log",

@@ -12,7 +12,9 @@ SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Held-out real-text prompts (hand-written chat and code asks), shipped with the repository.
 CHAT_SOURCES = (REPO_ROOT / "tests" / "data" / "eval_chat.jsonl", REPO_ROOT / "tests" / "data" / "eval_code.jsonl")
-DATASETS = ("random-ids", "chat")
+# ShareGPT first turns of the evaluation split, never in a drafter's training corpus.
+SHAREGPT_SOURCES = (REPO_ROOT / "sglang_dspark" / "data" / "eval_sharegpt.jsonl",)
+DATASETS = ("random-ids", "chat", "sharegpt")
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class Scenario:
                 random_input_len=self.input_len,
                 seed=self.seed,
             )
-        prompts = chat_prompts()
+        prompts = chat_prompts(SHAREGPT_SOURCES if self.dataset == "sharegpt" else CHAT_SOURCES)
         work_dir.mkdir(parents=True, exist_ok=True)
         cycled = (prompts * (n // len(prompts) + 1))[:n]
         path = write_sharegpt(cycled, work_dir / f"{self.name}-{n}.sharegpt.json")
@@ -89,10 +91,10 @@ class Scenario:
         }
 
 
-def chat_prompts() -> list[str]:
-    """The real-text prompts of the chat dataset, in file order."""
+def chat_prompts(sources: tuple[Path, ...] = CHAT_SOURCES) -> list[str]:
+    """The real-text prompts of ``sources`` (default: the chat dataset), in file order."""
     prompts = []
-    for source in CHAT_SOURCES:
+    for source in sources:
         for line in source.read_text().splitlines():
             if line.strip():
                 prompts.append(json.loads(line)["prompt"])

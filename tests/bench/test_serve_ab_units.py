@@ -126,7 +126,7 @@ def test_scenario_validation():
     with pytest.raises(ValueError):
         Scenario(name="x", description="", dataset="chat", output_len=8, num_prompts=1, concurrency=(4, 2))
     with pytest.raises(ValueError):
-        Scenario(name="x", description="", dataset="sharegpt", output_len=8, num_prompts=1, concurrency=(1,))
+        Scenario(name="x", description="", dataset="alpaca", output_len=8, num_prompts=1, concurrency=(1,))
 
 
 def test_plans_report_unavailable_baselines_with_reasons(tmp_path):
@@ -177,3 +177,13 @@ def test_plots_are_written_with_and_without_speculative_data(tmp_path):
         write_plots(rep, out)
         for name in PLOT_FILES.values():
             assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sharegpt_workload_sends_the_eval_split(tmp_path):
+    from sglang_dspark.train.sharegpt import is_eval_prompt
+
+    scenario = load_scenario("sharegpt-cpu")
+    workload = scenario.workload(1, tmp_path)
+    data = json.loads(workload.dataset_path.read_text())
+    texts = [row["conversations"][0]["value"] for row in data]
+    assert len(texts) == scenario.prompts_at(1) and all(is_eval_prompt(t) for t in texts)

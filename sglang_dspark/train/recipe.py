@@ -9,7 +9,7 @@ silently)::
       "drafter":   {block_size, num_draft_layers, target_layer_ids, mask_token_id,
                     markov_rank, markov_head_type, enable_confidence_head,
                     confidence_head_with_markov, intermediate_size, init_std,
-                    draft_vocab_size},
+                    draft_vocab_size, init_from_target_layer},
       "corpus":    {seed, num_chat, num_code, heldout_fraction, max_chars},
       "distill":   {max_prompt_tokens, max_new_tokens, temperature, top_p,
                     batch_size, shard_size, hidden_dtype, compute_dtype,
@@ -76,6 +76,9 @@ class DrafterRecipe:
     #: reduced draft vocabulary (EAGLE-3 ``draft_vocab_size``): the most frequent
     #: tokens of the distilled training answers (plus EOS); ``None`` = whole vocabulary.
     draft_vocab_size: int | None = None
+    #: start the first drafter layer from this target layer (its input must be the
+    #: last tap; :mod:`sglang_dspark.train.target_init`), ``None`` = random init.
+    init_from_target_layer: int | None = None
 
 
 @dataclass(frozen=True)

@@ -72,8 +72,9 @@ from sglang_dspark.train.distill import (
 from sglang_dspark.train.evaluate import heldout_greedy_drafts
 from sglang_dspark.train.export import DTYPES, drafter_config_dict, init_drafter_weights, save_drafter
 from sglang_dspark.train.loss import dspark_loss
-from sglang_dspark.train.recipe import Recipe
+from sglang_dspark.train.recipe import Recipe, RecipeError
 from sglang_dspark.train.target import load_target
+from sglang_dspark.train.target_init import init_from_target_layer
 
 __all__ = [
     "TrainError",
@@ -253,6 +254,8 @@ class Trainer:
         drafter = DeepSpecDrafter(self.config)
         init_drafter_weights(drafter, std=self.recipe.drafter.init_std, seed=self.seed)
         drafter = drafter.to(self.device, torch.float32)
+        if self.recipe.drafter.init_from_target_layer is not None:
+            init_from_target_layer(drafter, self.target, self.recipe.drafter.init_from_target_layer)
         if vocab is not None:
             drafter.set_draft_vocab(vocab)
         drafter.attach_target_modules(
@@ -317,7 +320,12 @@ class Trainer:
         from safetensors.torch import load_file
 
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
-        if state.get("recipe") != self.recipe.to_dict() or state.get("seed") != self.seed:
+        # Parsed, so that recipe fields added since (at their defaults) do not block a resume.
+        try:
+            saved = Recipe.from_dict(state.get("recipe") or {})
+        except RecipeError:
+            saved = None
+        if saved != self.recipe or state.get("seed") != self.seed:
             raise TrainError(
                 f"{path} was written with another recipe or seed; resume with the same "
                 "--recipe and --seed, or use a fresh --out."

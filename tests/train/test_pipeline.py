@@ -107,6 +107,11 @@ def test_resume_matches_uninterrupted_run(first_run, tiny_target_dir, recipe, tm
     assert not (out / "drafter").exists()
     with pytest.raises(TrainError, match="--resume"):
         run_training(tiny_target_dir, recipe, out, seed=0, progress=False)
+    # A checkpoint written before a recipe field existed resumes when the field is at its default.
+    state_path = out / "checkpoints" / "step_000005" / "state.pt"
+    state = torch.load(state_path, weights_only=False)
+    del state["recipe"]["drafter"]["init_from_target_layer"]
+    torch.save(state, state_path)
     # Resume through the command line.
     status = train_main(["--target", str(tiny_target_dir), "--recipe", str(TINY_RECIPE),
                          "--out", str(out), "--seed", "0", "--resume", "--no-progress"])

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sglang_dspark.bench_serving import Workload, write_sharegpt
+from sglang_dspark.train.corpus import load_prompt_file
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -93,12 +94,7 @@ class Scenario:
 
 def chat_prompts(sources: tuple[Path, ...] = CHAT_SOURCES) -> list[str]:
     """The real-text prompts of ``sources`` (default: the chat dataset), in file order."""
-    prompts = []
-    for source in sources:
-        for line in source.read_text().splitlines():
-            if line.strip():
-                prompts.append(json.loads(line)["prompt"])
-    return prompts
+    return [row["prompt"] for source in sources for row in load_prompt_file(source)]
 
 
 def scenario_names() -> list[str]:

@@ -55,10 +55,6 @@ class DraftVocab:
         """``Vd``."""
         return int(self.ids.numel())
 
-    def to(self, device: torch.device | str) -> "DraftVocab":
-        """The same vocabulary with ``ids`` on ``device``."""
-        return DraftVocab(self.ids.to(device), self.full_size)
-
     # ---------------------------------------------------------------- checkpoint
     @classmethod
     def from_d2t(cls, d2t: torch.Tensor, t2d: torch.Tensor | None, full_size: int) -> "DraftVocab":

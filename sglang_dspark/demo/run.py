@@ -39,7 +39,9 @@ EVAL_SHAREGPT = PACKAGE_DIR / "data" / "eval_sharegpt.jsonl"
 
 def demo_prompts(num_prompts: int) -> list[str]:
     """The first ``num_prompts`` held-out ShareGPT prompts (repeated if more are asked for)."""
-    prompts = [json.loads(line)["prompt"] for line in EVAL_SHAREGPT.read_text(encoding="utf-8").splitlines() if line.strip()]
+    from sglang_dspark.train.corpus import load_prompt_file
+
+    prompts = [row["prompt"] for row in load_prompt_file(EVAL_SHAREGPT)]
     return (prompts * ((num_prompts + len(prompts) - 1) // len(prompts)))[:num_prompts]
 
 

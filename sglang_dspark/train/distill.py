@@ -487,6 +487,11 @@ class DistilledData:
     def __len__(self) -> int:
         return len(self._index)
 
+    @property
+    def num_answer_tokens(self) -> int:
+        """Answer tokens in the shards read (all splits)."""
+        return int(sum(int(mask.sum()) for mask in self._mask))
+
     def answer_token_counts(self, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``[V]`` counts of answer tokens in the train split and in the held-out split."""
         counts = {False: torch.zeros(vocab_size, dtype=torch.int64),

@@ -81,7 +81,9 @@ def test_resumes_by_shard_and_refuses_other_settings(setup):
     distill(model, tokenizer, prompts, out, layer_ids=recipe.drafter.target_layer_ids,
             recipe=first_only, progress=False)
     assert not shard.exists()
-    assert len(DistilledData(out, max_shards=1)) == manifest["shards"]["shard_00000.safetensors"]["num_sequences"]
+    first = DistilledData(out, max_shards=1)
+    assert len(first) == manifest["shards"]["shard_00000.safetensors"]["num_sequences"]
+    assert first.num_answer_tokens == manifest["shards"]["shard_00000.safetensors"]["num_answer_tokens"]
     again = distill(model, tokenizer, prompts, out, layer_ids=recipe.drafter.target_layer_ids,
                     recipe=recipe.distill, progress=False)
     after = load_file(str(shard))

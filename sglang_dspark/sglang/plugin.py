@@ -23,6 +23,9 @@ server arguments (and, for MoE, the GPU), the same way in every process:
 - ``BatchedPenalizerOrchestrator.__init__``: penalties apply in SGLang's
   source order in every process (SGLang builds them from a set, so the order
   changed between processes), see :mod:`.verify_logits`;
+- on SGLang's CPU engine, ``UnquantizedLinearMethod.apply`` and
+  ``LogitsProcessor._compute_lm_head``: products of 1-8 rows through the
+  skinny GEMM where it measured faster (see :mod:`.cpu_linear`);
 - ``get_available_gpu_memory``: only when the test-only
   ``SGLANG_DSPARK_CPU_MEMORY_BUDGET_BYTES`` is set, a CPU device of that many
   bytes (see :mod:`.memory_budget`).
@@ -136,7 +139,9 @@ def load() -> None:
         torch_native_verify.TARGET, torch_native_verify.forward_extend_with_verify, HookType.AROUND
     )
     if cpu_engine_enabled():
+        from sglang_dspark.sglang import cpu_linear
         from sglang_dspark.sglang.cpu_ops import install_cpu_fallbacks, register_cpu_ops
 
         register_cpu_ops()
         install_cpu_fallbacks()
+        cpu_linear.register_hooks()

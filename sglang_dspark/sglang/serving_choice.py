@@ -13,9 +13,10 @@ package is never worse off than with SGLang alone.
 | ``flashinfer_mxfp4`` | SM90, SM100, SM120 | SGLang | SGLang's FlashInfer MXFP4 methods |
 | ``flashinfer_mxfp4`` | other GPUs (SM80, SM89, ...) | sglang-dspark (Triton) | SGLang's refuses them |
 | ``flashinfer_mxfp4`` | CPU | sglang-dspark (torch) | nothing else can serve |
+| linear layers and LM head of few rows | CPU | sglang-dspark (``skinny_gemm``) up to the row count where it measured not slower, when >= 1.25x faster in all, else SGLang's ``F.linear`` | the BLAS's small-M paths differ between CPUs |
 
-``SGLANG_DSPARK_IMPL`` (DSPARK) and ``SGLANG_DSPARK_MXFP4_RUNNER``
-(``flashinfer_mxfp4``) take ``auto`` (the table, the default),
+``SGLANG_DSPARK_IMPL`` (DSPARK), ``SGLANG_DSPARK_MXFP4_RUNNER``
+(``flashinfer_mxfp4``) and ``SGLANG_DSPARK_CPU_LINEAR`` (CPU linear layers) take ``auto`` (the table, the default),
 ``sglang-dspark`` or ``builtin`` (SGLang's). Forcing an implementation where
 it cannot serve is a :class:`ServingChoiceError` during argument resolution.
 
@@ -38,6 +39,10 @@ OURS = "sglang-dspark"
 SGLANG = "sglang"
 IMPL_ENV = "SGLANG_DSPARK_IMPL"
 MXFP4_RUNNER_ENV = "SGLANG_DSPARK_MXFP4_RUNNER"
+CPU_LINEAR_ENV = "SGLANG_DSPARK_CPU_LINEAR"
+# The skinny form serves only where it measured clearly faster: a small margin
+# could flip between restarts with timing noise, and with it the fp32 rounding.
+CPU_LINEAR_MIN_SPEEDUP = 1.25
 
 _ENV_VALUES = {
     "": None, "auto": None,
@@ -180,6 +185,30 @@ def choose_mxfp4(*, device: str, sm: tuple[int, int] | None, asked: str | None) 
         path, OURS,
         f"SGLang's flashinfer_mxfp4 refuses {arch}, so sglang-dspark's Triton runner serves it "
         f"(not yet run on a GPU)",
+    )
+
+
+def choose_cpu_linear(*, measured_speedup: float | None, detail: str, asked: str | None) -> ServingChoice:
+    """Who computes CPU linear layers and LM heads of few rows: :mod:`sglang_dspark.skinny_gemm` or ``F.linear``.
+
+    ``measured_speedup``: ``F.linear`` time over the skinny form's, measured in
+    this process on one of the model's weights over the row counts where it
+    was not slower (None when not measured because an implementation was asked
+    for); ``detail``: the measurement, for the line.
+    """
+    path = "CPU linear layers of few rows"
+    if asked == OURS:
+        return ServingChoice(path, OURS, f"asked for with {CPU_LINEAR_ENV}={OURS}")
+    if asked == SGLANG:
+        return ServingChoice(path, SGLANG, f"asked for with {CPU_LINEAR_ENV}=builtin")
+    if measured_speedup is None:
+        raise ValueError("choose_cpu_linear needs a measurement unless an implementation was asked for")
+    if measured_speedup >= CPU_LINEAR_MIN_SPEEDUP:
+        return ServingChoice(path, OURS, f"the skinny (W @ x^T) GEMM measured {detail} at start-up")
+    return ServingChoice(
+        path, SGLANG,
+        f"the skinny GEMM was not >= {CPU_LINEAR_MIN_SPEEDUP}x faster here ({detail}); "
+        f"{CPU_LINEAR_ENV}={OURS} asks for it",
     )
 
 

@@ -1,0 +1,129 @@
+"""Linear layers of a few rows on CPU, computed as ``(W @ xᵀ)ᵀ``.
+
+A decode step multiplies one row per request, a verify step a few (the anchor
+and its drafts). ``F.linear`` hands such ``[M, K] x [K, N]`` products to the
+BLAS as a gemv (M = 1) or a gemm with a tiny M, and on the 2-core AMD EPYC
+development box with torch's MKL both paths read the weights far below the
+memory bandwidth, with a strong and irregular dependence on M (an LM head of
+SmolLM2-135M took 10 ms at M = 1, 22 ms at M = 2, 33 ms at M = 3, 16 ms at
+M = 4: bench/RESULTS.md). The same product written with the weight as the
+left operand, ``W [N, K] @ xᵀ [K, M]``, streams the weight once and took
+3-8 ms for M = 1..8. One row is padded to two, since M = 1 would take the
+gemv path again.
+
+Whether this pays is a property of the CPU and the BLAS, so it is measured,
+not assumed: :func:`measure_skinny_gemm` times both on copies of one of the
+model's weights, swept like a forward sweeps its layers; the serving glue (``sglang_dspark/sglang/cpu_linear.py``) takes it
+only where it measured clearly faster. The result differs from ``F.linear``
+only in fp32 summation order.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# Row counts the skinny form serves: a verify chain (1 + drafts) or a small decode batch.
+# Above this a tall gemm (F.linear) amortises its packing and was as fast here.
+SKINNY_MAX_ROWS = 8
+_MEASURED_ROWS = (1, 2, 3, 4, 8)
+# A forward streams its weights from memory; one weight timed again and again
+# sits in the cache (the 2-core box's L3 is 32 MiB), which the BLAS handles
+# differently. Copies of this many bytes in all are swept instead.
+_SWEEP_BYTES = 128 * 2**20
+
+
+def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` computed as ``(weight @ xᵀ)ᵀ`` (contiguous, same shape and dtype).
+
+    Args:
+        x: ``[..., K]`` activations; the product is taken over ``x.reshape(-1, K)``.
+        weight: ``[N, K]`` contiguous weight.
+        bias: optional ``[N]``.
+    """
+    rows = x.reshape(-1, x.shape[-1])
+    single = rows.shape[0] == 1
+    if single:
+        rows = rows.expand(2, -1).contiguous()
+    out = torch.mm(weight, rows.t()).t()
+    out = out[:1].contiguous() if single else out.contiguous()
+    if bias is not None:
+        out += bias
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+@dataclass(frozen=True)
+class SkinnyGemmMeasurement:
+    """Both forms timed over copies of one weight: the basis of the CPU linear choice."""
+
+    shape: tuple[int, int]
+    copies: int
+    dtype: str
+    rows: tuple[int, ...]
+    torch_ms: tuple[float, ...]
+    skinny_ms: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not (len(self.rows) == len(self.torch_ms) == len(self.skinny_ms) > 0):
+            raise ValueError("rows, torch_ms and skinny_ms must be non-empty and of one length")
+
+    @property
+    def max_rows(self) -> int:
+        """The most rows up to which the skinny form was never slower (0: slower already at the fewest)."""
+        served = 0
+        for m, t, s in sorted(zip(self.rows, self.torch_ms, self.skinny_ms)):
+            if s > t:
+                break
+            served = m
+        return served
+
+    @property
+    def speedup(self) -> float:
+        """Total ``F.linear`` time over total skinny time, over the row counts up to :attr:`max_rows`."""
+        kept = [(t, s) for m, t, s in zip(self.rows, self.torch_ms, self.skinny_ms) if m <= self.max_rows]
+        if not kept:
+            return min(t / max(s, 1e-9) for t, s in zip(self.torch_ms, self.skinny_ms))
+        return sum(t for t, _ in kept) / max(sum(s for _, s in kept), 1e-9)
+
+    def summary(self) -> str:
+        per_rows = ", ".join(f"M={m}: {t:.2f}/{s:.2f} ms" for m, t, s in zip(self.rows, self.torch_ms, self.skinny_ms))
+        return (f"{self.speedup:.2f}x for 1-{self.max_rows} rows on {self.copies} copies of a [{self.shape[0]}x{self.shape[1]}] "
+                f"{self.dtype} weight (F.linear/skinny per sweep {per_rows})")
+
+
+def _best_ms(fn, repeats: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best * 1000
+
+
+@torch.inference_mode()
+def measure_skinny_gemm(weight: torch.Tensor, *, rows: tuple[int, ...] = _MEASURED_ROWS, repeats: int = 3,
+                        sweep_bytes: int = _SWEEP_BYTES) -> SkinnyGemmMeasurement:
+    """Time ``F.linear`` against :func:`skinny_linear` for each row count (best of ``repeats`` sweeps).
+
+    Each sweep multiplies by every one of ``sweep_bytes / weight bytes``
+    copies of ``weight`` in turn (at least one), so that the weights come
+    from memory as in a forward, not from the cache.
+    """
+    if weight.dim() != 2 or weight.device.type != "cpu":
+        raise ValueError(f"measure_skinny_gemm takes a 2-D CPU weight, got {tuple(weight.shape)} on {weight.device}")
+    copies = max(1, sweep_bytes // max(weight.numel() * weight.element_size(), 1))
+    weights = [weight.detach().clone() for _ in range(copies)]
+    generator = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(m, weight.shape[1], generator=generator).to(weight.dtype) for m in rows]
+
+    def sweep(form, x):
+        return lambda: [form(x, w) for w in weights]
+
+    torch_ms = tuple(_best_ms(sweep(F.linear, x), repeats) for x in inputs)
+    skinny_ms = tuple(_best_ms(sweep(skinny_linear, x), repeats) for x in inputs)
+    return SkinnyGemmMeasurement(tuple(weight.shape), copies, str(weight.dtype).removeprefix("torch."),
+                                 tuple(rows), torch_ms, skinny_ms)

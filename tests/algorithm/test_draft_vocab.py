@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sglang_dspark.algorithm.block_drafting import draft_block
+from sglang_dspark.algorithm.confidence_head import ConfidenceHead
 from sglang_dspark.algorithm.draft_vocab import DraftVocab, DraftVocabError, draft_vocab_from_counts
 from sglang_dspark.algorithm.markov_head import VanillaMarkovHead
 from sglang_dspark.algorithm.sampling import SamplingParams
@@ -115,3 +116,28 @@ def test_constraint_that_allows_only_tokens_outside_the_vocab_still_drafts_a_dis
         assert torch.isfinite(block.probs).all()
         assert torch.allclose(block.probs.sum(-1), torch.ones(B, K))
         assert vocab.membership()[block.tokens].all()
+
+
+@pytest.mark.parametrize("with_vocab", [False, True])
+@torch.no_grad()
+def test_greedy_fast_path_equals_the_processed_path_ties_included(with_vocab):
+    # The all-greedy path argmaxes over draft rows and builds one-hot probs at the end; a
+    # (no-op) logits processor takes the general path: spread, process, one-hot, argmax.
+    torch.manual_seed(3)
+    V, Vd, B, K, H = 40, 12, 3, 5, 8
+    vocab = DraftVocab(torch.sort(torch.randperm(V)[:Vd]).values, V) if with_vocab else None
+    rows = Vd if with_vocab else V
+    head = VanillaMarkovHead(vocab_size=V, markov_rank=4, out_vocab_size=rows if with_vocab else None)
+    head.requires_grad_(False)
+    conf = ConfidenceHead(H, 4)
+    logits = torch.randint(-2, 2, (B, K, rows)).float()  # many exact ties
+    head.markov_w2.weight.zero_()  # no Markov bias: the ties stay ties
+    hidden = torch.randn(B, K, H)
+    anchors = torch.randint(0, V, (B,))
+    params = SamplingParams.create(0.0, batch_size=B)
+    fast = draft_block(logits, hidden, anchors, head, conf, params, draft_vocab=vocab)
+    slow = draft_block(logits, hidden, anchors, head, conf, params, draft_vocab=vocab,
+                       logits_processor=lambda k, row_logits, prev: None)
+    assert torch.equal(fast.tokens, slow.tokens)
+    assert torch.equal(fast.probs, slow.probs)
+    assert torch.equal(fast.confidence_logits, slow.confidence_logits)

@@ -40,23 +40,25 @@ REPO = Path(__file__).resolve().parent.parent
 PHASES = ("draft", "schedule", "prepare", "verify_forward", "finish")
 
 
-def _stream(url: str, prompt: str, max_new_tokens: int) -> tuple[float, int]:
-    """(seconds per output token after the first, output tokens) of one streamed greedy chat request."""
+def _stream(url: str, prompt: str, max_new_tokens: int) -> tuple[float, int, str]:
+    """(seconds per output token after the first, output tokens, text) of one streamed greedy chat request."""
     body = {"model": "default", "temperature": 0, "max_tokens": max_new_tokens, "stream": True,
             "messages": [{"role": "user", "content": prompt}], "stream_options": {"include_usage": True}}
-    start, first, tokens = time.monotonic(), None, 0
+    start, first, tokens, text = time.monotonic(), None, 0, []
     with requests.post(url + "/v1/chat/completions", json=body, stream=True, timeout=900) as r:
         r.raise_for_status()
         for line in r.iter_lines():
             if not line.startswith(b"data: ") or line == b"data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
-            if first is None and chunk.get("choices"):
-                first = time.monotonic()
+            if chunk.get("choices"):
+                if first is None:
+                    first = time.monotonic()
+                text.append(chunk["choices"][0].get("delta", {}).get("content") or "")
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
     end = time.monotonic()
-    return ((end - (first or start)) / max(tokens - 1, 1)), tokens
+    return ((end - (first or start)) / max(tokens - 1, 1)), tokens, "".join(text)
 
 
 def _run_level(url: str, prompts: list[str], concurrency: int, max_new_tokens: int) -> dict:
@@ -67,9 +69,10 @@ def _run_level(url: str, prompts: list[str], concurrency: int, max_new_tokens: i
         results = list(ex.map(lambda p: _stream(url, p, max_new_tokens), jobs))
     wall = time.monotonic() - start
     after = snapshot(url)
-    tokens = sum(t for _, t in results)
+    tokens = sum(t for _, t, _ in results)
     level = {"requests": len(jobs), "tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
-             "itl_ms_median": 1000 * statistics.median(s for s, _ in results)}
+             "itl_ms_median": 1000 * statistics.median(s for s, _, _ in results),
+             "texts": [text for _, _, text in results]}
     info_delta = {k: after.info[k] - before.info.get(k, 0) for k in after.info
                   if isinstance(after.info.get(k), (int, float)) and not isinstance(after.info.get(k), bool)}
     steps = info_delta.get("dspark_decode_steps")
@@ -184,17 +187,19 @@ def main(argv: list[str] | None = None) -> int:
               "max_new_tokens": args.max_new_tokens, "levels": {}}
     with running(plain, spec):
         for c in tqdm(args.concurrency, desc="concurrency"):
-            report["levels"][c] = {"plain": _run_level(plain.url, prompts, c, args.max_new_tokens),
-                                   "dspark": _run_level(spec.url, prompts, c, args.max_new_tokens)}
+            lv = report["levels"][c] = {"plain": _run_level(plain.url, prompts, c, args.max_new_tokens),
+                                        "dspark": _run_level(spec.url, prompts, c, args.max_new_tokens)}
+            lv["identical"] = sum(a == b for a, b in zip(lv["plain"]["texts"], lv["dspark"]["texts"]))
         report["profile"] = _profile(spec.url, prompts[0], args.out, args.max_new_tokens, args.profile_steps)
     print(f"{'conc':>4s} {'plain step ms':>13s} {'DSPARK step':>11s} {'draft':>6s} {'verify fwd':>10s} "
-          f"{'other':>6s} {'tok/step':>8s} {'DSPARK/plain tok/s':>18s}")
+          f"{'other':>6s} {'tok/step':>8s} {'DSPARK/plain tok/s':>18s} {'identical':>9s}")
     for c, lv in report["levels"].items():
         p, d = lv["plain"], lv["dspark"]
         itl = p["itl_ms_median"]
         print(f"{c:>4d} {itl:>13.1f} {d.get('step_ms', 0) / itl:>10.2f}x {d.get('draft_ms', 0) / itl:>5.2f}x "
               f"{d.get('verify_forward_ms', 0) / itl:>9.2f}x {d.get('other_ms', 0) / itl:>5.2f}x "
-              f"{d.get('tokens_per_request_step') or 0:>8.2f} {d['tokens_per_s'] / p['tokens_per_s']:>17.2f}x")
+              f"{d.get('tokens_per_request_step') or 0:>8.2f} {d['tokens_per_s'] / p['tokens_per_s']:>17.2f}x "
+              f"{lv['identical']:>4d}/{len(p['texts'])}")
     prof = report["profile"]
     if "ranges_ms_per_step" in prof:
         print(f"\nconcurrency 1, torch.profiler over {prof['steps']} steps (ms per step):")

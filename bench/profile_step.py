@@ -5,7 +5,8 @@
 
 Serves SmolLM2-135M-Instruct (fp32) plainly and with DSPARK and the shipped
 drafter, speculation forced on (``SGLANG_DSPARK_ADAPTIVE=0``, every step
-drafts), side by side. For each concurrency it sends held-out ShareGPT prompts
+drafts), side by side, plus a plain server with SGLang's own ``F.linear``
+(``SGLANG_DSPARK_CPU_LINEAR=builtin``) for what the skinny CPU GEMM changed. For each concurrency it sends held-out ShareGPT prompts
 (greedy) to each server in turn and reports, per worker step: drafting, prefix
 scheduling, verify preparation, the verify forward and the rest, as ratios of
 the plain server's decode step (its inter-token latency), from the worker's own
@@ -35,6 +36,7 @@ from bench.server_metrics import snapshot
 from sglang_dspark.demo.run import SHIPPED_SMOLLM2_DRAFTER, smollm2_models
 from sglang_dspark.eval_acceptance.prompts import load_eval_prompts
 from sglang_dspark.server_process import ServerProcess, cpu_serve_args, dspark_args, running
+from sglang_dspark.sglang.serving_choice import CPU_LINEAR_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 PHASES = ("draft", "schedule", "prepare", "verify_forward", "finish")
@@ -180,23 +182,26 @@ def main(argv: list[str] | None = None) -> int:
                                                  limit=args.prompts)]
     base = cpu_serve_args(models.target)
     plain = ServerProcess(base, args.out / "server-plain.log")
+    # The same plain server with SGLang's own F.linear: what the skinny CPU GEMM changed.
+    plain_torch = ServerProcess(base, args.out / "server-plain-f-linear.log", env={CPU_LINEAR_ENV: "builtin"})
     spec = ServerProcess([*base, *dspark_args(SHIPPED_SMOLLM2_DRAFTER)], args.out / "server-dspark.log",
                          env={"SGLANG_DSPARK_ADAPTIVE": "0"})
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}", "models": models.label,
               "max_new_tokens": args.max_new_tokens, "levels": {}}
-    with running(plain, spec):
+    with running(plain, plain_torch, spec):
         for c in tqdm(args.concurrency, desc="concurrency"):
             lv = report["levels"][c] = {"plain": _run_level(plain.url, prompts, c, args.max_new_tokens),
+                                        "plain_f_linear": _run_level(plain_torch.url, prompts, c, args.max_new_tokens),
                                         "dspark": _run_level(spec.url, prompts, c, args.max_new_tokens)}
             lv["identical"] = sum(a == b for a, b in zip(lv["plain"]["texts"], lv["dspark"]["texts"]))
         report["profile"] = _profile(spec.url, prompts[0], args.out, args.max_new_tokens, args.profile_steps)
-    print(f"{'conc':>4s} {'plain step ms':>13s} {'DSPARK step':>11s} {'draft':>6s} {'verify fwd':>10s} "
+    print(f"{'conc':>4s} {'plain step ms':>13s} {'(F.linear)':>10s} {'DSPARK step':>11s} {'draft':>6s} {'verify fwd':>10s} "
           f"{'other':>6s} {'tok/step':>8s} {'DSPARK/plain tok/s':>18s} {'identical':>9s}")
     for c, lv in report["levels"].items():
         p, d = lv["plain"], lv["dspark"]
         itl = p["itl_ms_median"]
-        print(f"{c:>4d} {itl:>13.1f} {d.get('step_ms', 0) / itl:>10.2f}x {d.get('draft_ms', 0) / itl:>5.2f}x "
+        print(f"{c:>4d} {itl:>13.1f} {lv['plain_f_linear']['itl_ms_median']:>10.1f} {d.get('step_ms', 0) / itl:>10.2f}x {d.get('draft_ms', 0) / itl:>5.2f}x "
               f"{d.get('verify_forward_ms', 0) / itl:>9.2f}x {d.get('other_ms', 0) / itl:>5.2f}x "
               f"{d.get('tokens_per_request_step') or 0:>8.2f} {d['tokens_per_s'] / p['tokens_per_s']:>17.2f}x "
               f"{lv['identical']:>4d}/{len(p['texts'])}")

@@ -34,6 +34,7 @@ _MEASURED_ROWS = (1, 2, 3, 4, 8)
 # sits in the cache (the 2-core box's L3 is 32 MiB), which the BLAS handles
 # differently. Copies of this many bytes in all are swept instead.
 _SWEEP_BYTES = 128 * 2**20
+_NOISE = 1.1
 
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -72,10 +73,13 @@ class SkinnyGemmMeasurement:
 
     @property
     def max_rows(self) -> int:
-        """The most rows up to which the skinny form was never slower (0: slower already at the fewest)."""
+        """The most rows up to which the skinny form was never slower (0: slower already at the fewest).
+
+        "Slower" means by more than timing noise (``_NOISE``) at that row count.
+        """
         served = 0
         for m, t, s in sorted(zip(self.rows, self.torch_ms, self.skinny_ms)):
-            if s > t:
+            if s > t * _NOISE:
                 break
             served = m
         return served
@@ -94,22 +98,26 @@ class SkinnyGemmMeasurement:
                 f"{self.dtype} weight (F.linear/skinny per sweep {per_rows})")
 
 
-def _best_ms(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
+def _best_ms_interleaved(first, second, repeats: int) -> tuple[float, float]:
+    """Best time of each of two callables, run alternately so that load from other processes hits both alike."""
+    first(), second()
+    best = [float("inf"), float("inf")]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best * 1000
+        for i, fn in enumerate((first, second)):
+            start = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best[0] * 1000, best[1] * 1000
 
 
 @torch.inference_mode()
-def measure_skinny_gemm(weight: torch.Tensor, *, rows: tuple[int, ...] = _MEASURED_ROWS, repeats: int = 3,
+def measure_skinny_gemm(weight: torch.Tensor, *, rows: tuple[int, ...] = _MEASURED_ROWS, repeats: int = 5,
                         sweep_bytes: int = _SWEEP_BYTES) -> SkinnyGemmMeasurement:
-    """Time ``F.linear`` against :func:`skinny_linear` for each row count (best of ``repeats`` sweeps).
+    """Time ``F.linear`` against :func:`skinny_linear` for each row count (best of ``repeats`` sweeps each).
 
-    Each sweep multiplies by every one of ``sweep_bytes / weight bytes``
+    The two forms alternate, so that a server starting beside this one (a
+    plain and a speculative server started together, say) slows both alike,
+    and the best of several sweeps is kept. Each sweep multiplies by every one of ``sweep_bytes / weight bytes``
     copies of ``weight`` in turn (at least one), so that the weights come
     from memory as in a forward, not from the cache.
     """
@@ -123,7 +131,7 @@ def measure_skinny_gemm(weight: torch.Tensor, *, rows: tuple[int, ...] = _MEASUR
     def sweep(form, x):
         return lambda: [form(x, w) for w in weights]
 
-    torch_ms = tuple(_best_ms(sweep(F.linear, x), repeats) for x in inputs)
-    skinny_ms = tuple(_best_ms(sweep(skinny_linear, x), repeats) for x in inputs)
+    timed = [_best_ms_interleaved(sweep(F.linear, x), sweep(skinny_linear, x), repeats) for x in inputs]
+    torch_ms, skinny_ms = (tuple(t for t, _ in timed), tuple(s for _, s in timed))
     return SkinnyGemmMeasurement(tuple(weight.shape), copies, str(weight.dtype).removeprefix("torch."),
                                  tuple(rows), torch_ms, skinny_ms)

@@ -114,6 +114,8 @@ def test_served_rows_stop_where_the_skinny_form_was_slower():
     assert m.max_rows == 4
     assert m.speedup == pytest.approx(45.0 / 16.0)
     assert "for 1-4 rows" in m.summary()
+    within_noise = SkinnyGemmMeasurement((8, 8), 1, "float32", (1, 8), (10.0, 10.0), (5.0, 10.5))
+    assert within_noise.max_rows == 8
     slower = SkinnyGemmMeasurement((8, 8), 1, "float32", (1, 2), (1.0, 1.0), (2.0, 0.5))
     assert slower.max_rows == 0 and slower.speedup == pytest.approx(0.5)
 

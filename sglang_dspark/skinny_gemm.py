@@ -66,6 +66,7 @@ class SkinnyGemmMeasurement:
     rows: tuple[int, ...]
     torch_ms: tuple[float, ...]
     skinny_ms: tuple[float, ...]
+    stable: bool = True
 
     def __post_init__(self) -> None:
         if not (len(self.rows) == len(self.torch_ms) == len(self.skinny_ms) > 0):
@@ -95,31 +96,45 @@ class SkinnyGemmMeasurement:
     def summary(self) -> str:
         per_rows = ", ".join(f"M={m}: {t:.2f}/{s:.2f} ms" for m, t, s in zip(self.rows, self.torch_ms, self.skinny_ms))
         return (f"{self.speedup:.2f}x for 1-{self.max_rows} rows on {self.copies} copies of a [{self.shape[0]}x{self.shape[1]}] "
-                f"{self.dtype} weight (F.linear/skinny per sweep {per_rows})")
+                f"{self.dtype} weight (F.linear/skinny per sweep {per_rows}"
+                f"{'' if self.stable else '; unstable: other processes loaded the CPU'})")
 
 
-def _best_ms_interleaved(first, second, repeats: int) -> tuple[float, float]:
-    """Best time of each of two callables, run alternately so that load from other processes hits both alike."""
-    first(), second()
-    best = [float("inf"), float("inf")]
-    for _ in range(repeats):
-        for i, fn in enumerate((first, second)):
+def _stable_minima(sweeps: list, *, min_rounds: int, max_seconds: float, tolerance: float) -> tuple[list[float], bool]:
+    """Best time (ms) of each callable, timed in rounds that visit every one in turn.
+
+    Rounds continue until each callable's two best times agree within
+    ``tolerance`` (a minimum that load from other processes did not set) or
+    ``max_seconds`` have passed. Returns the minima and whether they were stable.
+    """
+    for fn in sweeps:
+        fn()
+    samples: list[list[float]] = [[] for _ in sweeps]
+    deadline = time.monotonic() + max_seconds
+    rounds = 0
+    while True:
+        for i, fn in enumerate(sweeps):
             start = time.perf_counter()
             fn()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return best[0] * 1000, best[1] * 1000
+            samples[i].append((time.perf_counter() - start) * 1000)
+        rounds += 1
+        best_two = [sorted(x)[:2] for x in samples]
+        stable = all(len(b) > 1 and b[1] <= b[0] * tolerance for b in best_two)
+        if rounds >= min_rounds and (stable or time.monotonic() > deadline):
+            return [b[0] for b in best_two], stable
 
 
 @torch.inference_mode()
-def measure_skinny_gemm(weight: torch.Tensor, *, rows: tuple[int, ...] = _MEASURED_ROWS, repeats: int = 5,
-                        sweep_bytes: int = _SWEEP_BYTES) -> SkinnyGemmMeasurement:
-    """Time ``F.linear`` against :func:`skinny_linear` for each row count (best of ``repeats`` sweeps each).
+def measure_skinny_gemm(weight: torch.Tensor, *, rows: tuple[int, ...] = _MEASURED_ROWS, min_rounds: int = 3,
+                        max_seconds: float = 30.0, sweep_bytes: int = _SWEEP_BYTES) -> SkinnyGemmMeasurement:
+    """Time ``F.linear`` against :func:`skinny_linear` for each row count.
 
-    The two forms alternate, so that a server starting beside this one (a
-    plain and a speculative server started together, say) slows both alike,
-    and the best of several sweeps is kept. Each sweep multiplies by every one of ``sweep_bytes / weight bytes``
-    copies of ``weight`` in turn (at least one), so that the weights come
-    from memory as in a forward, not from the cache.
+    Each timing is a sweep over ``sweep_bytes / weight bytes`` copies of
+    ``weight`` (at least one), so that the weights come from memory as in a
+    forward, not from the cache. All (rows, form) sweeps are timed in rounds,
+    so that load from other processes (a plain and a speculative server
+    starting together, say) hits both forms alike, until every best time is
+    confirmed by a second one within 15 % or ``max_seconds`` have passed.
     """
     if weight.dim() != 2 or weight.device.type != "cpu":
         raise ValueError(f"measure_skinny_gemm takes a 2-D CPU weight, got {tuple(weight.shape)} on {weight.device}")
@@ -131,7 +146,7 @@ def measure_skinny_gemm(weight: torch.Tensor, *, rows: tuple[int, ...] = _MEASUR
     def sweep(form, x):
         return lambda: [form(x, w) for w in weights]
 
-    timed = [_best_ms_interleaved(sweep(F.linear, x), sweep(skinny_linear, x), repeats) for x in inputs]
-    torch_ms, skinny_ms = (tuple(t for t, _ in timed), tuple(s for _, s in timed))
+    sweeps = [sweep(form, x) for x in inputs for form in (F.linear, skinny_linear)]
+    minima, stable = _stable_minima(sweeps, min_rounds=min_rounds, max_seconds=max_seconds, tolerance=1.15)
     return SkinnyGemmMeasurement(tuple(weight.shape), copies, str(weight.dtype).removeprefix("torch."),
-                                 tuple(rows), torch_ms, skinny_ms)
+                                 tuple(rows), tuple(minima[0::2]), tuple(minima[1::2]), stable)

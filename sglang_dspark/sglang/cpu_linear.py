@@ -19,7 +19,10 @@ weights, a bias of another dtype) runs SGLang's own code.
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import threading
+from pathlib import Path
 
 import torch
 
@@ -32,6 +35,24 @@ LM_HEAD = "sglang.srt.layers.logits_processor.LogitsProcessor._compute_lm_head"
 # dtype -> the most rows the skinny form serves in this process (0: none).
 _decided: dict[torch.dtype, int] = {}
 _lock = threading.Lock()
+# Servers started together (a plain and a speculative one, test servers) would
+# otherwise measure at the same moment and slow each other's sweeps.
+_MACHINE_LOCK = Path(tempfile.gettempdir()) / "sglang-dspark-cpu-linear-measure.lock"
+
+
+@contextlib.contextmanager
+def _one_measurement_at_a_time():
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: measure without the lock
+        yield
+        return
+    with open(_MACHINE_LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _skinny_serves(weight: torch.Tensor, rows: int) -> bool:
@@ -43,7 +64,8 @@ def _skinny_serves(weight: torch.Tensor, rows: int) -> bool:
             if max_rows is None:
                 asked = requested(CPU_LINEAR_ENV)
                 if asked is None:
-                    measured = measure_skinny_gemm(weight.detach())
+                    with _one_measurement_at_a_time():
+                        measured = measure_skinny_gemm(weight.detach())
                     choice = choose_cpu_linear(measured_speedup=measured.speedup, detail=measured.summary(), asked=None)
                     served = measured.max_rows
                 else:

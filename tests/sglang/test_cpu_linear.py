@@ -42,16 +42,33 @@ def test_skinny_linear_bf16():
 
 
 def test_measurement_reports_both_forms():
-    m = measure_skinny_gemm(torch.randn(128, 64), rows=(1, 4), repeats=1, sweep_bytes=128 * 64 * 4 * 3)
+    m = measure_skinny_gemm(torch.randn(128, 64), rows=(1, 4), min_rounds=2, max_seconds=1.0,
+                            sweep_bytes=128 * 64 * 4 * 3)
     assert m.rows == (1, 4) and m.copies == 3 and len(m.torch_ms) == len(m.skinny_ms) == 2
     assert all(t > 0 for t in m.torch_ms + m.skinny_ms)
     assert m.speedup > 0 and m.max_rows in (0, 1, 4)
     assert "3 copies of a [128x64] float32" in m.summary()
-    assert measure_skinny_gemm(torch.randn(8, 8), rows=(1,), repeats=1, sweep_bytes=1).copies == 1
+    assert measure_skinny_gemm(torch.randn(8, 8), rows=(1,), max_seconds=0.0, sweep_bytes=1).copies == 1
     with pytest.raises(ValueError, match="2-D CPU weight"):
         measure_skinny_gemm(torch.randn(4))
     with pytest.raises(ValueError, match="one length"):
         SkinnyGemmMeasurement((1, 1), 1, "float32", (1, 2), (1.0,), (1.0, 2.0))
+
+
+def test_rounds_continue_until_each_minimum_is_confirmed(monkeypatch):
+    from sglang_dspark import skinny_gemm
+
+    clock = iter([0.0, 5.0, 0.0, 1.0, 0.0, 50.0, 0.0, 1.1, 0.0, 2.0, 0.0, 1.05])
+    monkeypatch.setattr(skinny_gemm.time, "perf_counter", lambda: next(clock) / 1000)
+    # Two callables; round 1: 5, 1; round 2: 50, 1.1; round 3: 2, 1.05 -> first's best two 2, 5: unstable.
+    minima, stable = skinny_gemm._stable_minima([lambda: None, lambda: None], min_rounds=3, max_seconds=0.0,
+                                                tolerance=1.15)
+    assert minima == pytest.approx([2.0, 1.0]) and not stable
+    clock2 = iter([0.0, 2.0, 0.0, 1.0, 0.0, 2.1, 0.0, 1.1])
+    monkeypatch.setattr(skinny_gemm.time, "perf_counter", lambda: next(clock2) / 1000)
+    minima, stable = skinny_gemm._stable_minima([lambda: None, lambda: None], min_rounds=2, max_seconds=60.0,
+                                                tolerance=1.15)
+    assert minima == pytest.approx([2.0, 1.0]) and stable
 
 
 def test_choice_follows_the_measurement_and_requests():

@@ -33,7 +33,7 @@ _MEASURED_ROWS = (1, 2, 3, 4, 8)
 # A forward streams its weights from memory; one weight timed again and again
 # sits in the cache (the 2-core box's L3 is 32 MiB), which the BLAS handles
 # differently. Copies of this many bytes in all are swept instead.
-_SWEEP_BYTES = 128 * 2**20
+_SWEEP_BYTES = 64 * 2**20
 _NOISE = 1.1
 
 
@@ -126,7 +126,7 @@ def _stable_minima(sweeps: list, *, min_rounds: int, max_seconds: float, toleran
 
 @torch.inference_mode()
 def measure_skinny_gemm(weight: torch.Tensor, *, rows: tuple[int, ...] = _MEASURED_ROWS, min_rounds: int = 3,
-                        max_seconds: float = 30.0, sweep_bytes: int = _SWEEP_BYTES) -> SkinnyGemmMeasurement:
+                        max_seconds: float = 10.0, sweep_bytes: int = _SWEEP_BYTES) -> SkinnyGemmMeasurement:
     """Time ``F.linear`` against :func:`skinny_linear` for each row count.
 
     Each timing is a sweep over ``sweep_bytes / weight bytes`` copies of

@@ -143,26 +143,20 @@ def draft_block(
     )
     prev = anchor_tokens.long()
     all_greedy = bool(sampling.is_greedy.all())
+    # All greedy and unconstrained: argmax over the draft rows, one-hot probs built once. The
+    # draft vocabulary's ids increase with the target's, so ties resolve as over spread logits.
+    argmax_only = all_greedy and logits_processor is None
     tokens, probs, features = [], [], []
-    if all_greedy and logits_processor is None:
-        # Argmax over the draft vocabulary: its ids increase with the target's, so
-        # ties resolve to the same token as an argmax over the spread logits.
-        for k in range(num_pos):
-            step = markov_head.step(prev, backbone_hidden[:, k], state)
-            state = step.state
-            index = (backbone_logits[:, k].float() + step.bias.float()).argmax(dim=-1)
-            prev = index if draft_vocab is None else draft_vocab.ids[index]
-            tokens.append(prev)
-            features.append(step.prev_features)
-        full_size = backbone_logits.shape[-1] if draft_vocab is None else draft_vocab.full_size
-        tokens_t = torch.stack(tokens, dim=1)
-        probs_t = torch.zeros((batch, num_pos, full_size), device=tokens_t.device, dtype=torch.float32)
-        probs_t.scatter_(-1, tokens_t[..., None], 1.0)
-        return _finish_block(tokens_t, probs_t, features, backbone_hidden, confidence_head, sts_temperatures)
     for k in range(num_pos):
         step = markov_head.step(prev, backbone_hidden[:, k], state)
         state = step.state
         logits_k = backbone_logits[:, k].float() + step.bias.float()
+        features.append(step.prev_features)
+        if argmax_only:
+            index = logits_k.argmax(dim=-1)
+            prev = index if draft_vocab is None else draft_vocab.ids[index]
+            tokens.append(prev)
+            continue
         if draft_vocab is not None:
             logits_k = draft_vocab.expand_logits(logits_k)
         if logits_processor is not None:
@@ -184,22 +178,16 @@ def draft_block(
             )
         tokens.append(prev)
         probs.append(probs_k)
-        features.append(step.prev_features)
 
-    return _finish_block(torch.stack(tokens, dim=1), torch.stack(probs, dim=1), features, backbone_hidden,
-                         confidence_head, sts_temperatures)
-
-
-def _finish_block(
-    tokens: torch.Tensor,
-    probs: torch.Tensor,
-    features: list[torch.Tensor],
-    backbone_hidden: torch.Tensor,
-    confidence_head: ConfidenceHead | None,
-    sts_temperatures: torch.Tensor | None,
-) -> DraftBlock:
+    tokens_t = torch.stack(tokens, dim=1)
+    if argmax_only:
+        full_size = backbone_logits.shape[-1] if draft_vocab is None else draft_vocab.full_size
+        probs_t = torch.zeros((batch, num_pos, full_size), device=tokens_t.device, dtype=torch.float32)
+        probs_t.scatter_(-1, tokens_t[..., None], 1.0)
+    else:
+        probs_t = torch.stack(probs, dim=1)
     confidence = confidence_logits = None
     if confidence_head is not None:
         confidence_logits = confidence_head(backbone_hidden, torch.stack(features, dim=1))
         confidence = apply_sts(confidence_logits, sts_temperatures)
-    return DraftBlock(tokens=tokens, probs=probs, confidence=confidence, confidence_logits=confidence_logits)
+    return DraftBlock(tokens=tokens_t, probs=probs_t, confidence=confidence, confidence_logits=confidence_logits)

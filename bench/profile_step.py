@@ -6,10 +6,11 @@
 Serves SmolLM2-135M-Instruct (fp32) plainly and with DSPARK and the shipped
 drafter, speculation forced on (``SGLANG_DSPARK_ADAPTIVE=0``, every step
 drafts), side by side, plus a plain server with SGLang's own ``F.linear``
-(``SGLANG_DSPARK_CPU_LINEAR=builtin``) for what the skinny CPU GEMM changed. For each concurrency it sends held-out ShareGPT prompts
-(greedy) to each server in turn and reports, per worker step: drafting, prefix
-scheduling, verify preparation, the verify forward and the rest, as ratios of
-the plain server's decode step (its inter-token latency), from the worker's own
+(``SGLANG_DSPARK_CPU_LINEAR=builtin``) for what the skinny CPU GEMM changed.
+For each concurrency it sends held-out ShareGPT prompts (greedy) to each
+server in turn, counts the DSPARK outputs identical to the plain ones, and
+reports, per worker step: drafting, prefix scheduling, verify preparation, the
+verify forward and the rest, as ratios of the plain server's decode step (its inter-token latency), from the worker's own
 counters (``/server_info``). At concurrency 1 it also takes a ``torch.profiler``
 trace of the DSPARK scheduler through SGLang's ``/start_profile`` and breaks
 the step down by the worker's ``dspark.*`` ranges and the heaviest operators

@@ -13,8 +13,9 @@ gemv path again.
 
 Whether this pays is a property of the CPU and the BLAS, so it is measured,
 not assumed: :func:`measure_skinny_gemm` times both on copies of one of the
-model's weights, swept like a forward sweeps its layers; the serving glue (``sglang_dspark/sglang/cpu_linear.py``) takes it
-only where it measured clearly faster. The result differs from ``F.linear``
+model's weights, swept like a forward sweeps its layers; the serving glue
+(``sglang_dspark/sglang/cpu_linear.py``) takes it only where it measured
+clearly faster. The result differs from ``F.linear``
 only in fp32 summation order.
 """
 
@@ -27,14 +28,17 @@ import torch
 import torch.nn.functional as F
 
 # Row counts the skinny form serves: a verify chain (1 + drafts) or a small decode batch.
-# Above this a tall gemm (F.linear) amortises its packing and was as fast here.
+# Above this the two forms were mixed here (at M = 13 the skinny one was slower).
 SKINNY_MAX_ROWS = 8
 _MEASURED_ROWS = (1, 2, 3, 4, 8)
 # A forward streams its weights from memory; one weight timed again and again
 # sits in the cache (the 2-core box's L3 is 32 MiB), which the BLAS handles
 # differently. Copies of this many bytes in all are swept instead.
 _SWEEP_BYTES = 64 * 2**20
+# A row count counts as slower only beyond this ratio; a best time counts as
+# confirmed when the second best is within _CONFIRMED of it.
 _NOISE = 1.1
+_CONFIRMED = 1.15
 
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -147,6 +151,7 @@ def measure_skinny_gemm(weight: torch.Tensor, *, rows: tuple[int, ...] = _MEASUR
         return lambda: [form(x, w) for w in weights]
 
     sweeps = [sweep(form, x) for x in inputs for form in (F.linear, skinny_linear)]
-    minima, stable = _stable_minima(sweeps, min_rounds=min_rounds, max_seconds=max_seconds, tolerance=1.15)
+    minima, stable = _stable_minima(sweeps, min_rounds=min_rounds, max_seconds=max_seconds,
+                                    tolerance=_CONFIRMED)
     return SkinnyGemmMeasurement(tuple(weight.shape), copies, str(weight.dtype).removeprefix("torch."),
                                  tuple(rows), tuple(minima[0::2]), tuple(minima[1::2]), stable)

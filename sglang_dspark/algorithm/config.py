@@ -217,6 +217,10 @@ class DSparkConfig:
     #: rows of the reduced draft vocabulary (EAGLE-3 ``draft_vocab_size``;
     #: :mod:`sglang_dspark.algorithm.draft_vocab`), ``None`` = the whole vocabulary.
     draft_vocab_size: int | None = None
+    #: every block row also reads ``anchor_fc`` of the projected context row just
+    #: before the anchor (the feature that predicted the anchor), as EAGLE's input
+    #: does; DeepSpec's layout plus one ``[H, H]`` tensor. ``False`` = DeepSpec's drafter.
+    anchor_context_input: bool = False
 
     def __post_init__(self) -> None:
         # Normalise sequences so equality/hash work and callers may pass lists.
@@ -342,6 +346,15 @@ class DSparkConfig:
             raise DSparkConfigError(
                 f"draft_vocab_size={self.draft_vocab_size!r} must be an int in [1, vocab_size="
                 f"{self.vocab_size}]."
+            )
+        if not isinstance(self.anchor_context_input, bool):
+            raise DSparkConfigError(
+                f"anchor_context_input must be true or false, got {self.anchor_context_input!r}."
+            )
+        if self.anchor_context_input and self.backbone == "deepseek_v4":
+            raise DSparkConfigError(
+                "anchor_context_input is an option of DeepSpec-layout drafters; "
+                "DeepSeek-V4's built-in drafter has no anchor_fc."
             )
         if self.num_target_layers is not None:
             if not _is_int(self.num_target_layers) or self.num_target_layers < 1:
@@ -509,6 +522,7 @@ class DSparkConfig:
                 None if raw.get("draft_vocab_size") in (None, raw.get("vocab_size"))
                 else _as_int(raw, "draft_vocab_size")
             ),
+            anchor_context_input=raw.get("anchor_context_input", False),
         )
 
     @classmethod

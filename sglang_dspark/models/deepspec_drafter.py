@@ -309,11 +309,15 @@ class DrafterContextCache:
         keys: per layer ``[B, kv_heads, capacity, D]`` (post k_norm and RoPE).
         values: per layer ``[B, kv_heads, capacity, D]``.
         lengths: ``[B]`` int64 valid context rows per request.
+        last_rows: ``[B, H]`` projected context row (``hidden_norm(fc(.))``) of
+            each request's last context token, zeros without context; only
+            for drafters with ``anchor_context_input`` (``None`` otherwise).
     """
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     lengths: torch.Tensor
+    last_rows: torch.Tensor | None = None
 
     @property
     def capacity(self) -> int:
@@ -392,6 +396,10 @@ class DeepSpecDrafter(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.fc = nn.Linear(config.context_feature_size, config.hidden_size, bias=False)
         self.hidden_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.anchor_fc = (
+            nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+            if config.anchor_context_input else None
+        )
         self.rotary_emb = RotaryEmbedding(config)
         self.markov_head = build_markov_head(config)
         self.confidence_head = (
@@ -494,10 +502,14 @@ class DeepSpecDrafter(nn.Module):
         device = device if device is not None else self.fc.weight.device
         cfg = self.config
         shape = (batch_size, self.kv_heads_per_rank, max(capacity, 1), cfg.head_dim)
+        last_rows = None
+        if self.anchor_fc is not None:
+            last_rows = torch.zeros(batch_size, cfg.hidden_size, dtype=self._dtype, device=device)
         return DrafterContextCache(
             keys=[torch.zeros(shape, dtype=self._dtype, device=device) for _ in self.layers],
             values=[torch.zeros(shape, dtype=self._dtype, device=device) for _ in self.layers],
             lengths=torch.zeros(batch_size, dtype=torch.int64, device=device),
+            last_rows=last_rows,
         )
 
     def project_context(self, context_hidden: torch.Tensor) -> torch.Tensor:
@@ -510,6 +522,20 @@ class DeepSpecDrafter(nn.Module):
                 f"{self.config.hidden_size}."
             )
         return self.hidden_norm(self.fc(context_hidden.to(self._dtype)))
+
+    def block_inputs(self, block_ids: torch.Tensor, anchor_context: torch.Tensor | None) -> torch.Tensor:
+        """First-layer input of block rows ``[..., K]`` -> ``[..., K, H]``.
+
+        The token embeddings, plus ``anchor_fc(anchor_context)`` on every row of
+        the block for ``anchor_context_input`` drafters; ``anchor_context``
+        ``[..., H]`` is the projected context row just before the block's anchor.
+        """
+        x = self._target_modules().embed_tokens(block_ids).to(self._dtype)
+        if self.anchor_fc is None:
+            return x
+        if anchor_context is None:
+            raise ValueError("this drafter reads the context row before the anchor (anchor_context_input).")
+        return x + self.anchor_fc(anchor_context.to(self._dtype)).unsqueeze(-2)
 
     def extend_context(
         self,
@@ -550,6 +576,9 @@ class DeepSpecDrafter(nn.Module):
             k, v = layer.self_attn.key_values(ctx, cos, sin)
             cache.keys[i][rows_b, :, dest] = k[rows_b, :, rows_t].to(cache.keys[i].dtype)
             cache.values[i][rows_b, :, dest] = v[rows_b, :, rows_t].to(cache.values[i].dtype)
+        if cache.last_rows is not None:
+            grew = (num_new > 0).nonzero(as_tuple=True)[0]
+            cache.last_rows[grew] = ctx[grew, num_new[grew] - 1].to(cache.last_rows.dtype)
         cache.lengths += num_new
 
     def forward_block(
@@ -565,10 +594,10 @@ class DeepSpecDrafter(nn.Module):
             anchor_tokens: ``[B]`` last committed tokens (not yet in the context).
             cache: context K/V of everything before the anchors.
             anchor_positions: ``[B]`` absolute anchor positions (default
-                ``cache.lengths``, i.e. the context is the whole prefix).
+                ``cache.lengths``, i.e. the context is the whole prefix; the
+                cache's last row must be the token before the anchor either way).
         """
         cfg = self.config
-        shared = self._target_modules()
         batch = anchor_tokens.shape[0]
         device = cache.lengths.device
         block_ids = torch.full(
@@ -582,7 +611,7 @@ class DeepSpecDrafter(nn.Module):
         )
         cos, sin = self.rotary_emb(positions)
         mask = cache.valid_mask()
-        x = shared.embed_tokens(block_ids).to(self._dtype)
+        x = self.block_inputs(block_ids, cache.last_rows)
         with record_function("dspark.draft.layers"):
             for i, layer in enumerate(self.layers):
                 x = layer(x, cos, sin, cache.keys[i], cache.values[i], mask)
@@ -728,7 +757,8 @@ def check_deepspec_checkpoint(path: str | Path, config: DSparkConfig) -> dict[st
         raise DrafterCheckpointError(
             f"{path}: {len(missing)} tensor(s) missing from the checkpoint: {shown}. The "
             f"config (markov_head_type={config.markov_head_type!r}, enable_confidence_head="
-            f"{config.enable_confidence_head}, {config.num_draft_layers} layers) does not "
+            f"{config.enable_confidence_head}, anchor_context_input={config.anchor_context_input}, "
+            f"{config.num_draft_layers} layers) does not "
             "match the weights, or the checkpoint is incomplete."
         )
     unexpected = sorted(set(files) - set(expected) - set(IGNORED_CHECKPOINT_KEYS))

@@ -26,10 +26,13 @@ class PagedDrafterContext:
         keys: per drafter layer ``[num_slots, kv_heads, head_dim]`` (after
             k_norm and RoPE at the token's position).
         values: per drafter layer ``[num_slots, kv_heads, head_dim]``.
+        rows: ``[num_slots, H]`` projected context rows (``hidden_norm(fc(.))``)
+            for drafters with ``anchor_context_input``, ``None`` otherwise.
     """
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
+    rows: torch.Tensor | None = None
 
     @classmethod
     def allocate(
@@ -43,9 +46,13 @@ class PagedDrafterContext:
         """Zero-filled pool of ``num_slots`` rows for every drafter layer."""
         cfg = drafter.config
         shape = (num_slots, drafter.kv_heads_per_rank, cfg.head_dim)
+        rows = None
+        if cfg.anchor_context_input:
+            rows = torch.zeros(num_slots, cfg.hidden_size, dtype=dtype, device=device)
         return cls(
             keys=[torch.zeros(shape, dtype=dtype, device=device) for _ in drafter.layers],
             values=[torch.zeros(shape, dtype=dtype, device=device) for _ in drafter.layers],
+            rows=rows,
         )
 
     @staticmethod
@@ -53,7 +60,8 @@ class PagedDrafterContext:
         """Memory one slot takes over all layers (keys and values)."""
         cfg = drafter.config
         elem = torch.empty((), dtype=dtype).element_size()
-        return 2 * len(drafter.layers) * drafter.kv_heads_per_rank * cfg.head_dim * elem
+        rows = cfg.hidden_size if cfg.anchor_context_input else 0
+        return (2 * len(drafter.layers) * drafter.kv_heads_per_rank * cfg.head_dim + rows) * elem
 
     @property
     def num_slots(self) -> int:
@@ -63,7 +71,8 @@ class PagedDrafterContext:
     @property
     def nbytes(self) -> int:
         """Total memory of the pool."""
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+        tensors = (*self.keys, *self.values, *(() if self.rows is None else (self.rows,)))
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     @torch.no_grad()
     def write(
@@ -92,6 +101,8 @@ class PagedDrafterContext:
             k, v = layer.self_attn.key_values(ctx, cos, sin)  # [1, kv, N, D]
             self.keys[i][slots] = k[0].transpose(0, 1).to(self.keys[i].dtype)
             self.values[i][slots] = v[0].transpose(0, 1).to(self.values[i].dtype)
+        if self.rows is not None:
+            self.rows[slots] = ctx[0].to(self.rows.dtype)
 
     def gather(
         self, slot_table: torch.Tensor, row_ids: torch.Tensor, lengths: torch.Tensor
@@ -118,4 +129,8 @@ class PagedDrafterContext:
             # [B, C, kv, D] -> [B, kv, C, D]
             keys.append(k_pool[slots].permute(0, 2, 1, 3))
             values.append(v_pool[slots].permute(0, 2, 1, 3))
-        return DrafterContextCache(keys=keys, values=values, lengths=lengths.clone())
+        last_rows = None
+        if self.rows is not None:
+            last = slots.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1)
+            last_rows = self.rows[last] * (lengths > 0)[:, None].to(self.rows.dtype)
+        return DrafterContextCache(keys=keys, values=values, lengths=lengths.clone(), last_rows=last_rows)

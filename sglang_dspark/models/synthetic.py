@@ -73,6 +73,8 @@ def deepspec_config_dict(config: DSparkConfig) -> dict[str, Any]:
         out["num_target_layers"] = config.num_target_layers
     if config.draft_vocab_size is not None:
         out["draft_vocab_size"] = config.draft_vocab_size
+    if config.anchor_context_input:
+        out["anchor_context_input"] = True
     if config.enable_confidence_head:
         out["confidence_head_with_markov"] = config.confidence_head_with_markov
     return out

@@ -15,6 +15,8 @@ Follows DeepSpec ``deepspec/modeling/dspark/common.py`` and
   anchor and every row of their own block (bidirectional), nothing else; the
   context K/V come from ``hidden_norm(fc(target features))`` through each
   layer's ``k_proj``/``v_proj`` (no input norm), as in the reference drafter;
+* **anchor context** (``anchor_context_input`` drafters only): every row of a
+  block also reads ``anchor_fc`` of the projected context row at ``anchor - 1``;
 * **labels**: slot ``k`` predicts ``input_ids[anchor + k + 1]``; the target
   distribution for slot ``k`` is ``lm_head(last_hidden[anchor + k])``;
 * **eval mask** (``build_eval_mask``): slot ``k`` counts iff its label is
@@ -213,11 +215,9 @@ def drafter_block_forward(drafter: DeepSpecDrafter, blocks: BlockBatch) -> torch
     under the DSpark mask (DeepSpec ``create_dspark_attention_mask``).
     """
     cfg = drafter.config
-    shared = drafter._target_modules()
     batch, num_blocks, block = blocks.block_ids.shape
     seq_len = blocks.context_hidden.shape[1]
     device = drafter.fc.weight.device
-    dtype = drafter.fc.weight.dtype
 
     ctx = drafter.project_context(blocks.context_hidden.to(device))  # [B, T, H]
     ctx_pos = torch.arange(seq_len, device=device).expand(batch, -1)
@@ -232,7 +232,13 @@ def drafter_block_forward(drafter: DeepSpecDrafter, blocks: BlockBatch) -> torch
     ctx_visible = torch.arange(seq_len, device=device)[None, None, :] < q_anchor[..., None]
     ctx_visible = ctx_visible & keep[:, q_block][..., None]  # [B, Q, T]
 
-    x = shared.embed_tokens(blocks.block_ids.reshape(batch, -1).to(device)).to(dtype)
+    anchor_context = None
+    if drafter.anchor_fc is not None:
+        # The projected row before each anchor (zeros for an anchor at 0: no context), as served.
+        prev = (anchors - 1).clamp(min=0)
+        anchor_context = ctx[torch.arange(batch, device=device)[:, None], prev]
+        anchor_context = anchor_context * ((anchors > 0) & keep)[..., None].to(ctx.dtype)
+    x = drafter.block_inputs(blocks.block_ids.to(device), anchor_context).reshape(batch, num_blocks * block, -1)
     for layer in drafter.layers:
         attn = layer.self_attn
         h = layer.input_layernorm(x)

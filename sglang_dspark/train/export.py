@@ -87,6 +87,8 @@ def drafter_config_dict(target_config: Mapping[str, Any], recipe: Recipe) -> dic
         cfg["intermediate_size"] = int(d.intermediate_size)
     if d.draft_vocab_size is not None:
         cfg["draft_vocab_size"] = int(d.draft_vocab_size)
+    if d.anchor_context_input:
+        cfg["anchor_context_input"] = True
     if "head_dim" not in cfg or cfg["head_dim"] is None:
         cfg["head_dim"] = int(cfg["hidden_size"]) // int(cfg["num_attention_heads"])
     return cfg

@@ -9,7 +9,7 @@ silently)::
       "drafter":   {block_size, num_draft_layers, target_layer_ids, mask_token_id,
                     markov_rank, markov_head_type, enable_confidence_head,
                     confidence_head_with_markov, intermediate_size, init_std,
-                    draft_vocab_size, init_from_target_layer},
+                    draft_vocab_size, init_from_target_layer, anchor_context_input},
       "corpus":    {seed, num_chat, num_code, heldout_fraction, max_chars},
       "distill":   {max_prompt_tokens, max_new_tokens, temperature, top_p,
                     batch_size, shard_size, hidden_dtype, compute_dtype,
@@ -79,6 +79,9 @@ class DrafterRecipe:
     #: start the first drafter layer from this target layer (its input must be the
     #: last tap; :mod:`sglang_dspark.train.target_init`), ``None`` = random init.
     init_from_target_layer: int | None = None
+    #: every block row also reads the projected context row before its anchor
+    #: (``DSparkConfig.anchor_context_input``; EAGLE's input, beside DeepSpec's layout).
+    anchor_context_input: bool = False
 
 
 @dataclass(frozen=True)

@@ -57,10 +57,11 @@ def target():
     return make_synthetic_target_modules(small_config(), seed=11)
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, target):
+@pytest.fixture(scope="module", params=[False, True], ids=["deepspec", "anchor-context"])
+def ckpt(request, tmp_path_factory, target):
     path = tmp_path_factory.mktemp("drafter")
-    return write_synthetic_deepspec_checkpoint(path, small_config(), seed=0, target_modules=target)
+    config = small_config(anchor_context_input=request.param)
+    return write_synthetic_deepspec_checkpoint(path, config, seed=0, target_modules=target)
 
 
 def load(path, target, **kw):
@@ -106,7 +107,7 @@ def test_round_trip_loads_all_tensors_deterministically(ckpt, target, tmp_path):
         assert torch.equal(tensor, on_disk[name]), name
     # same seed -> identical weights; sharded layout loads the same model
     sharded = write_synthetic_deepspec_checkpoint(
-        tmp_path / "sharded", small_config(), seed=0, num_shards=3, target_modules=target
+        tmp_path / "sharded", model.config, seed=0, num_shards=3, target_modules=target
     )
     assert json.loads((sharded / "model.safetensors.index.json").read_text())["weight_map"]
     model2 = load(sharded, target)
@@ -118,7 +119,7 @@ def test_round_trip_loads_all_tensors_deterministically(ckpt, target, tmp_path):
     assert torch.equal(out1.logits, model(ctx, anchors).logits)
     other = load(
         write_synthetic_deepspec_checkpoint(
-            tmp_path / "seed1", small_config(), seed=1, target_modules=target
+            tmp_path / "seed1", model.config, seed=1, target_modules=target
         ),
         target,
     )
@@ -316,3 +317,49 @@ def test_target_mismatches(ckpt, target):
         model.project_context(torch.randn(1, 2, 64))
     with pytest.raises(DSparkConfigError, match="Qwen3/Llama layers only"):
         DeepSpecDrafter(small_config(backbone="deepseek_v4"))
+
+
+def test_anchor_context_input_adds_anchor_fc_of_the_last_context_row(target, tmp_path):
+    config = small_config(anchor_context_input=True)
+    model = load(write_synthetic_deepspec_checkpoint(tmp_path, config, seed=0, target_modules=target), target)
+    ctx = torch.randn(2, 6, config.context_feature_size)
+    lengths = torch.tensor([6, 3])
+    anchors = torch.tensor([3, 9])
+    with torch.no_grad():
+        out = model(ctx, anchors, context_lengths=lengths)
+        last = model.project_context(ctx)[torch.arange(2), lengths - 1]
+        block_ids = torch.full((2, config.block_size), config.mask_token_id)
+        block_ids[:, 0] = anchors
+        expected = target[0](block_ids) + model.anchor_fc(last)[:, None]
+        torch.testing.assert_close(model.block_inputs(block_ids, last), expected)
+        # Only the row before the anchor feeds anchor_fc: moving another row's features
+        # changes the output through attention alone, which a zero anchor_fc leaves intact.
+        plain = DeepSpecDrafter(small_config())
+        plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "anchor_fc.weight"})
+        plain.attach_target_modules(*target)
+        model.anchor_fc.weight.zero_()
+        torch.testing.assert_close(model(ctx, anchors, context_lengths=lengths).logits,
+                                   plain(ctx, anchors, context_lengths=lengths).logits)
+    assert not torch.allclose(out.logits, plain(ctx, anchors, context_lengths=lengths).logits)
+    with pytest.raises(ValueError, match="anchor_context_input"):
+        model.block_inputs(block_ids, None)
+
+
+def test_anchor_context_input_must_match_the_checkpoint(target, tmp_path):
+    without = write_synthetic_deepspec_checkpoint(tmp_path / "a", small_config(), seed=0, target_modules=target)
+    raw = json.loads((without / "config.json").read_text())
+    raw["anchor_context_input"] = True
+    (without / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(DrafterCheckpointError, match="anchor_fc.weight.*anchor_context_input=True"):
+        load(without, target)
+    raw["anchor_context_input"] = "yes"
+    with pytest.raises(DSparkConfigError, match="anchor_context_input must be true or false"):
+        DSparkConfig.from_deepspec(raw)
+    config = small_config(anchor_context_input=True)
+    extra = write_synthetic_deepspec_checkpoint(tmp_path / "b", config, seed=0, target_modules=target)
+    raw = json.loads((extra / "config.json").read_text())
+    assert raw["anchor_context_input"] is True
+    del raw["anchor_context_input"]
+    (extra / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(DrafterCheckpointError, match="unexpected tensor.*anchor_fc.weight"):
+        load(extra, target)

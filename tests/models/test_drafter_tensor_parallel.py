@@ -28,11 +28,12 @@ def _single_thread():
         yield
 
 
-def config(heads: int = 4, kv: int = 2, inter: int = 48, bias: bool = False) -> DSparkConfig:
+def config(heads: int = 4, kv: int = 2, inter: int = 48, bias: bool = False, anchor: bool = False) -> DSparkConfig:
     return DSparkConfig(
         block_size=4, mask_token_id=7, target_layer_ids=(0, 2, 4), markov_rank=8, hidden_size=32,
         vocab_size=61, num_draft_layers=2, num_attention_heads=heads, num_key_value_heads=kv,
         head_dim=8, intermediate_size=inter, num_target_layers=6, attention_bias=bias,
+        anchor_context_input=anchor,
     )
 
 
@@ -78,10 +79,14 @@ def run_ranks(world: int, fn) -> list:
     return results
 
 
-@pytest.fixture(scope="module", params=[(4, 2, False), (8, 4, True), (4, 1, False)], ids=["gqa", "bias", "mqa"])
+@pytest.fixture(
+    scope="module",
+    params=[(4, 2, False, False), (8, 4, True, False), (4, 1, False, True)],
+    ids=["gqa", "bias", "mqa-anchor-context"],
+)
 def drafter(request, tmp_path_factory):
-    heads, kv, bias = request.param
-    cfg = config(heads=heads, kv=kv, bias=bias)
+    heads, kv, bias, anchor = request.param
+    cfg = config(heads=heads, kv=kv, bias=bias, anchor=anchor)
     target = make_synthetic_target_modules(cfg, seed=3)
     path = write_synthetic_deepspec_checkpoint(tmp_path_factory.mktemp("drafter"), cfg, seed=0, target_modules=target)
     embed, head = target

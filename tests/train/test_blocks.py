@@ -96,9 +96,13 @@ def _random_drafter(config: DSparkConfig, seed: int) -> DeepSpecDrafter:
     return drafter.eval()
 
 
-@pytest.mark.parametrize("backbone", ["llama", "qwen3"])
-def test_all_blocks_forward_matches_reference_drafter(backbone):
-    config = small_config(backbone=backbone, qk_norm=backbone == "qwen3")
+@pytest.mark.parametrize(
+    "backbone, anchor_context_input", [("llama", False), ("qwen3", False), ("llama", True)]
+)
+def test_all_blocks_forward_matches_reference_drafter(backbone, anchor_context_input):
+    config = small_config(
+        backbone=backbone, qk_norm=backbone == "qwen3", anchor_context_input=anchor_context_input
+    )
     drafter = _random_drafter(config, seed=3)
     gen = torch.Generator().manual_seed(4)
     lengths = [11, 8]

@@ -155,7 +155,8 @@ def test_trained_drafter_beats_random_and_stays_lossless(first_run, tiny_target_
 def test_reduced_vocab_ce_phase_bf16_drafter_round_trips_and_stays_lossless(
     first_run, tiny_target_dir, recipe, tmp_path_factory
 ):
-    """Draft vocabulary (EAGLE-3 d2t/t2d), cross-entropy phase first, bf16 autocast: a working drafter."""
+    """Draft vocabulary (EAGLE-3 d2t/t2d), anchor context input, cross-entropy phase first, bf16
+    autocast (the shipped recipe's choices): a working drafter."""
     import dataclasses
 
     from sglang_dspark.algorithm.draft_vocab import DraftVocab
@@ -164,7 +165,7 @@ def test_reduced_vocab_ce_phase_bf16_drafter_round_trips_and_stays_lossless(
 
     variant = dataclasses.replace(
         recipe,
-        drafter=dataclasses.replace(recipe.drafter, draft_vocab_size=96),
+        drafter=dataclasses.replace(recipe.drafter, draft_vocab_size=96, anchor_context_input=True),
         loss=dataclasses.replace(recipe.loss, ce_only_ratio=0.5),
         train=dataclasses.replace(recipe.train, compute_dtype="bfloat16"),
     )
@@ -173,9 +174,9 @@ def test_reduced_vocab_ce_phase_bf16_drafter_round_trips_and_stays_lossless(
                           distill_missing=False)
     drafter_dir = result.drafter_dir
     raw = json.loads((drafter_dir / "config.json").read_text())
-    assert raw["draft_vocab_size"] == 96
+    assert raw["draft_vocab_size"] == 96 and raw["anchor_context_input"] is True
     weights = _weights(drafter_dir)
-    assert set(weights) == DEEPSPEC_KEYS | {"d2t", "t2d"}
+    assert set(weights) == DEEPSPEC_KEYS | {"d2t", "t2d", "anchor_fc.weight"}
     assert weights["d2t"].dtype == torch.int64 and weights["t2d"].dtype == torch.bool
     assert weights["markov_head.markov_w2.weight"].shape[0] == 96
     summary = json.loads((drafter_dir / "training_log.json").read_text())["summary"]
@@ -190,6 +191,7 @@ def test_reduced_vocab_ce_phase_bf16_drafter_round_trips_and_stays_lossless(
     drafter = load_deepspec_drafter(drafter_dir, embed_tokens=embed, lm_head=head)
     vocab = drafter.draft_vocab
     assert isinstance(vocab, DraftVocab) and vocab.size == 96
+    assert drafter.anchor_fc is not None and drafter.anchor_fc.weight.abs().sum() > 0
     rows = [json.loads(line) for line in (out / "data" / "prompts.jsonl").read_text().splitlines()]
     prompts = [r["text"] for r in rows if r["split"] == "heldout"][:3]
     report = evaluate_acceptance(target, tokenizer, drafter, prompts, max_new_tokens=24)

@@ -29,7 +29,7 @@ test: install
 demo: install
 	$(PY) -m sglang_dspark.demo run
 
-# Reproduces sglang_dspark/drafters/smollm2-135m/ (about 1.5 h on a 2-core CPU; rerun to resume):
+# Reproduces sglang_dspark/drafters/smollm2-135m/ (about 2 h on a 2-core CPU; rerun to resume):
 # distils the recipe's ShareGPT + code corpus by shard, trains, ships with its acceptance figures.
 DRAFTER_RUN ?= .cache/drafter-run
 SMOLLM2_DIR := $(or $(SGLANG_DSPARK_CACHE),$(HOME)/.cache/sglang-dspark)/models/SmolLM2-135M-Instruct

@@ -576,9 +576,10 @@ class DeepSpecDrafter(nn.Module):
             k, v = layer.self_attn.key_values(ctx, cos, sin)
             cache.keys[i][rows_b, :, dest] = k[rows_b, :, rows_t].to(cache.keys[i].dtype)
             cache.values[i][rows_b, :, dest] = v[rows_b, :, rows_t].to(cache.values[i].dtype)
-        if cache.last_rows is not None:
-            grew = (num_new > 0).nonzero(as_tuple=True)[0]
-            cache.last_rows[grew] = ctx[grew, num_new[grew] - 1].to(cache.last_rows.dtype)
+        if cache.last_rows is not None and num_rows > 0:
+            newest = ctx[torch.arange(batch, device=device), (num_new - 1).clamp(min=0)]
+            grew = (num_new > 0)[:, None]
+            cache.last_rows.copy_(torch.where(grew, newest.to(cache.last_rows.dtype), cache.last_rows))
         cache.lengths += num_new
 
     def forward_block(

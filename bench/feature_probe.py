@@ -6,8 +6,9 @@ A block drafter's first draft (position 1) predicts token ``t + 1`` from the
 anchor token ``t`` and the target's features of the tokens before it; the
 nearest of those is row ``t - 1``, the one that predicted the anchor. This
 trains three small predictors on the distilled training split and scores
-greedy top-1 on the held-out split, over the same draft vocabulary a drafter
-would use (the most frequent training answer tokens):
+greedy top-1 on the held-out split, over a draft vocabulary of the most frequent
+training labels (close to, not the same as, the trainer's: it counts every
+answer token and always adds EOS):
 
 * ``bigram``: the most frequent successor of the anchor token (a count table);
 * ``embedding``: an MLP on the anchor's embedding alone (a learnt bigram);

@@ -57,7 +57,8 @@ class PagedDrafterContext:
 
     @staticmethod
     def bytes_per_slot(drafter: DeepSpecDrafter, dtype: torch.dtype) -> int:
-        """Memory one slot takes over all layers (keys and values)."""
+        """Memory one slot takes: keys and values of every layer, plus the context row for
+        ``anchor_context_input`` drafters."""
         cfg = drafter.config
         elem = torch.empty((), dtype=dtype).element_size()
         rows = cfg.hidden_size if cfg.anchor_context_input else 0

@@ -217,9 +217,10 @@ class DSparkConfig:
     #: rows of the reduced draft vocabulary (EAGLE-3 ``draft_vocab_size``;
     #: :mod:`sglang_dspark.algorithm.draft_vocab`), ``None`` = the whole vocabulary.
     draft_vocab_size: int | None = None
-    #: every block row also reads ``anchor_fc`` of the projected context row just
-    #: before the anchor (the feature that predicted the anchor), as EAGLE's input
-    #: does; DeepSpec's layout plus one ``[H, H]`` tensor. ``False`` = DeepSpec's drafter.
+    #: block rows start from EAGLE's input form, ``fc([norm(embedding) ; norm(c)])``
+    #: with ``c`` the projected context row just before the anchor (the feature that
+    #: predicted the anchor); DeepSpec's layout plus ``anchor_input.*`` (one
+    #: ``[H, 2H]`` matrix, two norms). ``False`` = DeepSpec's drafter.
     anchor_context_input: bool = False
 
     def __post_init__(self) -> None:
@@ -354,7 +355,7 @@ class DSparkConfig:
         if self.anchor_context_input and self.backbone == "deepseek_v4":
             raise DSparkConfigError(
                 "anchor_context_input is an option of DeepSpec-layout drafters; "
-                "DeepSeek-V4's built-in drafter has no anchor_fc."
+                "DeepSeek-V4's built-in drafter has no anchor input."
             )
         if self.num_target_layers is not None:
             if not _is_int(self.num_target_layers) or self.num_target_layers < 1:

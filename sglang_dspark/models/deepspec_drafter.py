@@ -18,7 +18,11 @@ Architecture (DeepSpec ``deepspec/modeling/dspark/qwen3/modeling.py``,
   bidirectionally to itself and to every context row strictly before the
   anchor (the anchor is not yet seen by the target);
 * a final ``norm``; the target's LM head gives ``U_k`` and output i drafts the
-  token at ``anchor_pos + i + 1``.
+  token at ``anchor_pos + i + 1``;
+* option ``anchor_context_input`` (not DeepSpec's): the block rows start from
+  EAGLE's input form, ``fc([norm(embedding) ; norm(c_prev)])`` with ``c_prev``
+  the projected context row just before the anchor
+  (:class:`AnchorContextInput`), instead of the bare embeddings.
 
 The embedding and LM head belong to the target and are passed in, never owned
 (DeepSpec checkpoints carry copies as ``embed_tokens.weight`` and
@@ -104,6 +108,29 @@ class RMSNorm(nn.Module):
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
+
+
+class AnchorContextInput(nn.Module):
+    """EAGLE's input form for block rows: ``fc([embed_norm(e) ; context_norm(c_prev)])``.
+
+    ``c_prev`` is the projected context row (``hidden_norm(fc(features))``) just
+    before the block's anchor: the features that predicted the anchor. Side by
+    side through one ``[H, 2H]`` matrix, the row is fetched far better than
+    through attention or summed onto the embedding (``bench/RESULTS.md``, the
+    position-1 probe and the 97-step A/B). A zero row (no context) stays zero
+    after its norm, so the first block of a request reads the embeddings alone.
+    """
+
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2 * hidden_size, hidden_size, bias=False)
+        self.embed_norm = RMSNorm(hidden_size, eps)
+        self.context_norm = RMSNorm(hidden_size, eps)
+
+    def forward(self, embeds: torch.Tensor, anchor_context: torch.Tensor) -> torch.Tensor:
+        """``embeds [..., K, H]``, ``anchor_context [..., H]`` -> ``[..., K, H]``."""
+        context = self.context_norm(anchor_context).unsqueeze(-2).expand_as(embeds)
+        return self.fc(torch.cat([self.embed_norm(embeds), context], dim=-1))
 
 
 def rope_inv_freq(config: DSparkConfig) -> tuple[torch.Tensor, float]:
@@ -396,8 +423,10 @@ class DeepSpecDrafter(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.fc = nn.Linear(config.context_feature_size, config.hidden_size, bias=False)
         self.hidden_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.anchor_fc = (
-            nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        # Registered here (after ``hidden_norm``): the trainer's seeded init visits
+        # parameters in registration order.
+        self.anchor_input = (
+            AnchorContextInput(config.hidden_size, config.rms_norm_eps)
             if config.anchor_context_input else None
         )
         self.rotary_emb = RotaryEmbedding(config)
@@ -503,7 +532,7 @@ class DeepSpecDrafter(nn.Module):
         cfg = self.config
         shape = (batch_size, self.kv_heads_per_rank, max(capacity, 1), cfg.head_dim)
         last_rows = None
-        if self.anchor_fc is not None:
+        if self.anchor_input is not None:
             last_rows = torch.zeros(batch_size, cfg.hidden_size, dtype=self._dtype, device=device)
         return DrafterContextCache(
             keys=[torch.zeros(shape, dtype=self._dtype, device=device) for _ in self.layers],
@@ -526,16 +555,16 @@ class DeepSpecDrafter(nn.Module):
     def block_inputs(self, block_ids: torch.Tensor, anchor_context: torch.Tensor | None) -> torch.Tensor:
         """First-layer input of block rows ``[..., K]`` -> ``[..., K, H]``.
 
-        The token embeddings, plus ``anchor_fc(anchor_context)`` on every row of
-        the block for ``anchor_context_input`` drafters; ``anchor_context``
-        ``[..., H]`` is the projected context row just before the block's anchor.
+        The token embeddings; for ``anchor_context_input`` drafters, those and
+        ``anchor_context`` ``[..., H]`` (the projected context row just before
+        the block's anchor) through :class:`AnchorContextInput`.
         """
         x = self._target_modules().embed_tokens(block_ids).to(self._dtype)
-        if self.anchor_fc is None:
+        if self.anchor_input is None:
             return x
         if anchor_context is None:
             raise ValueError("this drafter reads the context row before the anchor (anchor_context_input).")
-        return x + self.anchor_fc(anchor_context.to(self._dtype)).unsqueeze(-2)
+        return self.anchor_input(x, anchor_context.to(self._dtype))
 
     def extend_context(
         self,

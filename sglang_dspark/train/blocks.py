@@ -16,7 +16,7 @@ Follows DeepSpec ``deepspec/modeling/dspark/common.py`` and
   context K/V come from ``hidden_norm(fc(target features))`` through each
   layer's ``k_proj``/``v_proj`` (no input norm), as in the reference drafter;
 * **anchor context** (``anchor_context_input`` drafters only): every row of a
-  block also reads ``anchor_fc`` of the projected context row at ``anchor - 1``;
+  block starts from ``anchor_input(embedding, projected context row at anchor - 1)``;
 * **labels**: slot ``k`` predicts ``input_ids[anchor + k + 1]``; the target
   distribution for slot ``k`` is ``lm_head(last_hidden[anchor + k])``;
 * **eval mask** (``build_eval_mask``): slot ``k`` counts iff its label is
@@ -233,7 +233,7 @@ def drafter_block_forward(drafter: DeepSpecDrafter, blocks: BlockBatch) -> torch
     ctx_visible = ctx_visible & keep[:, q_block][..., None]  # [B, Q, T]
 
     anchor_context = None
-    if drafter.anchor_fc is not None:
+    if drafter.anchor_input is not None:
         # The projected row before each anchor (zeros for an anchor at 0: no context), as served.
         prev = (anchors - 1).clamp(min=0)
         anchor_context = ctx[torch.arange(batch, device=device)[:, None], prev]

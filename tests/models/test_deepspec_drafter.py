@@ -319,28 +319,43 @@ def test_target_mismatches(ckpt, target):
         DeepSpecDrafter(small_config(backbone="deepseek_v4"))
 
 
-def test_anchor_context_input_adds_anchor_fc_of_the_last_context_row(target, tmp_path):
+def test_anchor_context_input_feeds_the_last_context_row_beside_the_embeddings(target, tmp_path):
     config = small_config(anchor_context_input=True)
     model = load(write_synthetic_deepspec_checkpoint(tmp_path, config, seed=0, target_modules=target), target)
     ctx = torch.randn(2, 6, config.context_feature_size)
     lengths = torch.tensor([6, 3])
     anchors = torch.tensor([3, 9])
+    inp = model.anchor_input
     with torch.no_grad():
-        out = model(ctx, anchors, context_lengths=lengths)
+        for norm in (inp.embed_norm, inp.context_norm):
+            norm.weight.uniform_(0.5, 1.5)
         last = model.project_context(ctx)[torch.arange(2), lengths - 1]
         block_ids = torch.full((2, config.block_size), config.mask_token_id)
         block_ids[:, 0] = anchors
-        expected = target[0](block_ids) + model.anchor_fc(last)[:, None]
-        torch.testing.assert_close(model.block_inputs(block_ids, last), expected)
-        # Only the row before the anchor feeds anchor_fc: moving another row's features
-        # changes the output through attention alone, which a zero anchor_fc leaves intact.
-        plain = DeepSpecDrafter(small_config())
-        plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "anchor_fc.weight"})
-        plain.attach_target_modules(*target)
-        model.anchor_fc.weight.zero_()
-        torch.testing.assert_close(model(ctx, anchors, context_lengths=lengths).logits,
-                                   plain(ctx, anchors, context_lengths=lengths).logits)
-    assert not torch.allclose(out.logits, plain(ctx, anchors, context_lengths=lengths).logits)
+        embeds = target[0](block_ids)
+
+        def rms(x, weight):
+            return weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + config.rms_norm_eps)
+
+        side_by_side = torch.cat(
+            [rms(embeds, inp.embed_norm.weight), rms(last, inp.context_norm.weight)[:, None].expand_as(embeds)], -1
+        )
+        torch.testing.assert_close(model.block_inputs(block_ids, last), side_by_side @ inp.fc.weight.T)
+        # No context (a zero row) leaves the embedding half alone.
+        torch.testing.assert_close(
+            model.block_inputs(block_ids, torch.zeros_like(last)),
+            rms(embeds, inp.embed_norm.weight) @ inp.fc.weight[:, : config.hidden_size].T,
+        )
+        # The served forward reads exactly the row before the anchor: changing the
+        # features of that row changes the block through the anchor input as well as
+        # attention; zeroing the context half of fc leaves attention alone.
+        out = model(ctx, anchors, context_lengths=lengths).logits
+        inp.fc.weight[:, config.hidden_size:] = 0
+        attention_only = model(ctx, anchors, context_lengths=lengths).logits
+        assert not torch.allclose(out, attention_only)
+        torch.testing.assert_close(
+            model.block_inputs(block_ids, last), model.block_inputs(block_ids, torch.randn_like(last))
+        )
     with pytest.raises(ValueError, match="anchor_context_input"):
         model.block_inputs(block_ids, None)
 
@@ -350,7 +365,7 @@ def test_anchor_context_input_must_match_the_checkpoint(target, tmp_path):
     raw = json.loads((without / "config.json").read_text())
     raw["anchor_context_input"] = True
     (without / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(DrafterCheckpointError, match="anchor_fc.weight.*anchor_context_input=True"):
+    with pytest.raises(DrafterCheckpointError, match="anchor_input.*anchor_context_input=True"):
         load(without, target)
     raw["anchor_context_input"] = "yes"
     with pytest.raises(DSparkConfigError, match="anchor_context_input must be true or false"):
@@ -361,5 +376,5 @@ def test_anchor_context_input_must_match_the_checkpoint(target, tmp_path):
     assert raw["anchor_context_input"] is True
     del raw["anchor_context_input"]
     (extra / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(DrafterCheckpointError, match="unexpected tensor.*anchor_fc.weight"):
+    with pytest.raises(DrafterCheckpointError, match="unexpected tensor.*anchor_input"):
         load(extra, target)

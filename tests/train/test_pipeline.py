@@ -28,6 +28,7 @@ DEEPSPEC_KEYS = {
     "norm.weight", "fc.weight", "hidden_norm.weight", "markov_head.markov_w1.weight",
     "markov_head.markov_w2.weight", "confidence_head.proj.weight", "confidence_head.proj.bias",
 }
+ANCHOR_INPUT_KEYS = {"anchor_input.fc.weight", "anchor_input.embed_norm.weight", "anchor_input.context_norm.weight"}
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +177,7 @@ def test_reduced_vocab_ce_phase_bf16_drafter_round_trips_and_stays_lossless(
     raw = json.loads((drafter_dir / "config.json").read_text())
     assert raw["draft_vocab_size"] == 96 and raw["anchor_context_input"] is True
     weights = _weights(drafter_dir)
-    assert set(weights) == DEEPSPEC_KEYS | {"d2t", "t2d", "anchor_fc.weight"}
+    assert set(weights) == DEEPSPEC_KEYS | {"d2t", "t2d", *ANCHOR_INPUT_KEYS}
     assert weights["d2t"].dtype == torch.int64 and weights["t2d"].dtype == torch.bool
     assert weights["markov_head.markov_w2.weight"].shape[0] == 96
     summary = json.loads((drafter_dir / "training_log.json").read_text())["summary"]
@@ -191,7 +192,7 @@ def test_reduced_vocab_ce_phase_bf16_drafter_round_trips_and_stays_lossless(
     drafter = load_deepspec_drafter(drafter_dir, embed_tokens=embed, lm_head=head)
     vocab = drafter.draft_vocab
     assert isinstance(vocab, DraftVocab) and vocab.size == 96
-    assert drafter.anchor_fc is not None and drafter.anchor_fc.weight.abs().sum() > 0
+    assert drafter.anchor_input is not None and drafter.anchor_input.fc.weight.abs().sum() > 0
     rows = [json.loads(line) for line in (out / "data" / "prompts.jsonl").read_text().splitlines()]
     prompts = [r["text"] for r in rows if r["split"] == "heldout"][:3]
     report = evaluate_acceptance(target, tokenizer, drafter, prompts, max_new_tokens=24)

@@ -26,7 +26,6 @@ pool is back to its initial free size afterwards.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import json
 import re
 from pathlib import Path
@@ -159,29 +158,29 @@ def test_max_running_requests_fill_the_pool_without_oom(budget_servers, tiny_tar
     # in few steps.
     prompts = [[ord("a") + i] * prompt_len for i in range(MAX_RUNNING)]
 
-    def run(server, ids):
+    def run(server):
+        # One batched request: its prompts reach the scheduler together, so all of them
+        # run at once (separate HTTP requests could arrive after the first ones finished).
         r = requests.post(
             server.url + "/generate",
             json={
-                "input_ids": ids,
+                "input_ids": prompts,
                 "sampling_params": {"max_new_tokens": NEW_TOKENS, "temperature": 0, "ignore_eos": True},
             },
             timeout=600,
         )
-        return r.status_code, r.json() if r.status_code == 200 else r.text
+        assert r.status_code == 200, r.text
+        return r.json()
 
-    with cf.ThreadPoolExecutor(MAX_RUNNING) as ex:
-        references = list(ex.map(lambda ids: run(plain, ids), prompts))
-    assert all(code == 200 for code, _ in references), references
+    references = run(plain)
+    assert len(references) == MAX_RUNNING
 
     assert requests.post(spec.url + "/flush_cache", timeout=60).status_code == 200
     initial = _dspark_state(spec)["kv_available_tokens"]
     assert initial == pool
     log_start = len(spec.log_path.read_text(errors="replace"))
-    with cf.ThreadPoolExecutor(MAX_RUNNING) as ex:
-        outputs = list(ex.map(lambda ids: run(spec, ids), prompts))
-    for (code, out), (_, ref) in zip(outputs, references):
-        assert code == 200, out
+    outputs = run(spec)
+    for out, ref in zip(outputs, references, strict=True):
         assert len(out["output_ids"]) == NEW_TOKENS
         assert out["output_ids"] == ref["output_ids"]
 

@@ -346,9 +346,12 @@ def test_anchor_context_input_feeds_the_last_context_row_beside_the_embeddings(t
             model.block_inputs(block_ids, torch.zeros_like(last)),
             rms(embeds, inp.embed_norm.weight) @ inp.fc.weight[:, : config.hidden_size].T,
         )
-        # The served forward reads exactly the row before the anchor: changing the
-        # features of that row changes the block through the anchor input as well as
-        # attention; zeroing the context half of fc leaves attention alone.
+        # The cache keeps each request's row before the anchor (its last context row) ...
+        cache = model.new_cache(2, capacity=6)
+        model.extend_context(cache, ctx, num_new=lengths)
+        torch.testing.assert_close(cache.last_rows, last)
+        # ... and the forward reads it through the anchor input, beside attention:
+        # zeroing the context half of fc changes the logits and leaves the embeddings alone.
         out = model(ctx, anchors, context_lengths=lengths).logits
         inp.fc.weight[:, config.hidden_size:] = 0
         attention_only = model(ctx, anchors, context_lengths=lengths).logits

@@ -39,6 +39,13 @@ _SWEEP_BYTES = 64 * 2**20
 # confirmed when the second best is within _CONFIRMED of it.
 _NOISE = 1.1
 _CONFIRMED = 1.15
+# Ten seconds was too short: a server started beside another one (a plain and a
+# DSPARK server, as the benchmarks start them) measured during the other's
+# warm-up, every round was slowed 40-100x, and the unconfirmed minima limited
+# the skinny form to one row (F.linear then made decode steps of 2-4 requests
+# 2x slower; bench/RESULTS.md, eleventh session). Waiting for the load to pass
+# costs start-up time only when the CPU is busy.
+_MAX_MEASURE_SECONDS = 45.0
 
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -130,7 +137,8 @@ def _stable_minima(sweeps: list, *, min_rounds: int, max_seconds: float, toleran
 
 @torch.inference_mode()
 def measure_skinny_gemm(weight: torch.Tensor, *, rows: tuple[int, ...] = _MEASURED_ROWS, min_rounds: int = 3,
-                        max_seconds: float = 10.0, sweep_bytes: int = _SWEEP_BYTES) -> SkinnyGemmMeasurement:
+                        max_seconds: float = _MAX_MEASURE_SECONDS,
+                        sweep_bytes: int = _SWEEP_BYTES) -> SkinnyGemmMeasurement:
     """Time ``F.linear`` against :func:`skinny_linear` for each row count.
 
     Each timing is a sweep over ``sweep_bytes / weight bytes`` copies of
@@ -139,6 +147,8 @@ def measure_skinny_gemm(weight: torch.Tensor, *, rows: tuple[int, ...] = _MEASUR
     so that load from other processes (a plain and a speculative server
     starting together, say) hits both forms alike, until every best time is
     confirmed by a second one within 15 % or ``max_seconds`` have passed.
+    Rounds under load are long and their times useless, so the limit is set to
+    outlast another server's start-up (see ``_MAX_MEASURE_SECONDS``).
     """
     if weight.dim() != 2 or weight.device.type != "cpu":
         raise ValueError(f"measure_skinny_gemm takes a 2-D CPU weight, got {tuple(weight.shape)} on {weight.device}")

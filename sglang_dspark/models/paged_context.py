@@ -7,11 +7,19 @@ slot (share it through a prefix cache, free it, reuse it) applies to the
 drafter's row too, with no bookkeeping of its own. A row is written once, when
 the target hidden states of that token are known (prefill, or the token was
 accepted in a verify step).
+
+Rows of steps that draft nothing can wait: :meth:`PagedDrafterContext.defer`
+queues them and the next :meth:`~PagedDrafterContext.write` or
+:meth:`~PagedDrafterContext.flush` projects everything queued in one batch, in
+queue order (a slot freed and reused meanwhile ends with its newest row). One
+projection of many rows reads the drafter's weights once instead of once per
+step, which is most of what a plain decode step of a few requests pays for
+its context.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -33,6 +41,7 @@ class PagedDrafterContext:
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     rows: torch.Tensor | None = None
+    _queued: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list, repr=False)
 
     @classmethod
     def allocate(
@@ -75,6 +84,24 @@ class PagedDrafterContext:
         tensors = (*self.keys, *self.values, *(() if self.rows is None else (self.rows,)))
         return sum(t.numel() * t.element_size() for t in tensors)
 
+    @property
+    def queued_rows(self) -> int:
+        """Rows :meth:`defer` queued that are not written yet."""
+        return sum(slots.shape[0] for _, slots, _ in self._queued)
+
+    def defer(self, target_hidden: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor) -> None:
+        """Queue rows for the next :meth:`write` or :meth:`flush` (arguments as :meth:`write`'s).
+
+        The tensors are kept, not copied: pass ones no one writes to later.
+        """
+        if target_hidden.shape[0]:
+            self._queued.append((target_hidden, slots, positions))
+
+    def flush(self, drafter: DeepSpecDrafter) -> None:
+        """Write every queued row (before anything reads the pool)."""
+        if self._queued:
+            self._write_rows(drafter, *self._take_queued())
+
     @torch.no_grad()
     def write(
         self,
@@ -83,7 +110,7 @@ class PagedDrafterContext:
         slots: torch.Tensor,
         positions: torch.Tensor,
     ) -> None:
-        """Project committed tokens' target hidden states into their slots.
+        """Project committed tokens' target hidden states into their slots, after any queued rows.
 
         Args:
             drafter: the drafter whose ``fc``/``hidden_norm`` and per-layer
@@ -93,6 +120,23 @@ class PagedDrafterContext:
             slots: ``[N]`` KV slot ids of those tokens.
             positions: ``[N]`` their absolute positions.
         """
+        if self._queued:
+            self.defer(target_hidden, slots, positions)
+            target_hidden, slots, positions = self._take_queued()
+        self._write_rows(drafter, target_hidden, slots, positions)
+
+    def _take_queued(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Empty the queue (even if writing its rows then fails): its rows, concatenated in order."""
+        queued, self._queued = self._queued, []
+        slots = torch.cat([s.to(self.keys[0].device, torch.long) for _, s, _ in queued])
+        return _newest_per_slot(
+            torch.cat([h for h, _, _ in queued]), slots, torch.cat([p.to(slots.device, torch.long) for _, _, p in queued])
+        )
+
+    @torch.no_grad()
+    def _write_rows(
+        self, drafter: DeepSpecDrafter, target_hidden: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor
+    ) -> None:
         if target_hidden.shape[0] == 0:
             return
         ctx = drafter.project_context(target_hidden[None])
@@ -117,6 +161,8 @@ class PagedDrafterContext:
             lengths: ``[B]`` context length of each request (tokens before its
                 anchor).
         """
+        if self._queued:
+            raise RuntimeError("drafter context rows are still queued: flush() before gather()")
         batch = row_ids.shape[0]
         device = self.keys[0].device
         lengths = lengths.to(device=device, dtype=torch.long)
@@ -135,3 +181,15 @@ class PagedDrafterContext:
             last = slots.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1)
             last_rows = self.rows[last] * (lengths > 0)[:, None].to(self.rows.dtype)
         return DrafterContextCache(keys=keys, values=values, lengths=lengths.clone(), last_rows=last_rows)
+
+
+def _newest_per_slot(
+    hidden: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep each slot's last row: an indexed store with repeated indices keeps an unspecified one."""
+    unique, inverse = torch.unique(slots, return_inverse=True)
+    if unique.shape[0] == slots.shape[0]:
+        return hidden, slots, positions
+    order = torch.arange(slots.shape[0], device=slots.device)
+    last = torch.full_like(unique, -1).scatter_reduce(0, inverse, order, reduce="amax")
+    return hidden[last], slots[last], positions[last]

@@ -52,3 +52,41 @@ def test_rows_in_scattered_slots_gather_to_the_cache_extend_context_builds(tmp_p
     torch.testing.assert_close(got.logits, want.logits, rtol=1e-5, atol=1e-5)
     if anchor_context_input:
         torch.testing.assert_close(paged.last_rows, cache.last_rows)
+
+
+def test_deferred_rows_are_written_in_queue_order_before_the_next_write(tmp_path):
+    config = DSparkConfig(
+        block_size=4, mask_token_id=7, target_layer_ids=(0, 2), markov_rank=8, hidden_size=32,
+        vocab_size=61, num_draft_layers=1, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=8, intermediate_size=48, num_target_layers=4, anchor_context_input=True,
+    )
+    embed, head = make_synthetic_target_modules(config, seed=1)
+    path = write_synthetic_deepspec_checkpoint(tmp_path, config, seed=0, target_modules=(embed, head))
+    drafter = load_deepspec_drafter(path, embed_tokens=embed, lm_head=head).eval()
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(6, config.context_feature_size, generator=g)
+    # Slot 3 is written twice (freed and reused between the steps): the later row must win.
+    steps = [(features[0:2], torch.tensor([3, 5]), torch.tensor([0, 1])),
+             (features[2:4], torch.tensor([8, 3]), torch.tensor([2, 0])),
+             (features[4:6], torch.tensor([9, 1]), torch.tensor([7, 4]))]
+    direct = PagedDrafterContext.allocate(drafter, 12, device="cpu", dtype=torch.float32)
+    deferred = PagedDrafterContext.allocate(drafter, 12, device="cpu", dtype=torch.float32)
+    for hidden, slots, pos in steps:
+        direct.write(drafter, hidden, slots, pos)
+    for hidden, slots, pos in steps[:2]:
+        deferred.defer(hidden, slots, pos)
+    assert deferred.queued_rows == 4
+    assert not deferred.keys[0].any()  # nothing written yet
+    with pytest.raises(RuntimeError, match="flush"):
+        deferred.gather(torch.arange(12)[None], torch.tensor([0]), torch.tensor([4]))
+    deferred.write(drafter, *steps[2])
+    assert deferred.queued_rows == 0
+    for got, want in zip([*deferred.keys, *deferred.values, deferred.rows], [*direct.keys, *direct.values, direct.rows]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    flushed = PagedDrafterContext.allocate(drafter, 12, device="cpu", dtype=torch.float32)
+    for hidden, slots, pos in steps:
+        flushed.defer(hidden, slots, pos)
+    flushed.flush(drafter)
+    assert flushed.queued_rows == 0
+    torch.testing.assert_close(flushed.rows, direct.rows, rtol=1e-5, atol=1e-6)
+    flushed.flush(drafter)  # nothing queued: a no-op

@@ -53,6 +53,7 @@ from sglang_dspark.algorithm.seeded_noise import (
 )
 from sglang_dspark.algorithm.speculation_gate import Mode, SpeculationGate
 from sglang_dspark.algorithm.sps_table import SpsTable, default_sps_table
+from sglang_dspark.algorithm.step_cost import OnlineStepCost, StepCostConfig
 from sglang_dspark.algorithm.verify import verify_block
 from sglang_dspark.models.deepspec_drafter import DeepSpecDrafter, load_deepspec_drafter
 from sglang_dspark.models.drafter_tensor_parallel import DrafterTPShard, shard_drafter, unshardable_reason
@@ -77,7 +78,7 @@ STOP_ON_COLLAPSE_ENV = "SGLANG_DSPARK_STOP_ON_COLLAPSE"
 #: together, once this many are queued (or the next drafting step needs them):
 #: on the 2-core box one projection of 32 rows took 1.3 ms, one of 2 rows 0.5-0.8 ms.
 DEFERRED_CONTEXT_ROWS = 32
-#: "0" turns off the adaptive parts (speculation gate, online confidence correction).
+#: "0" turns off the adaptive parts (speculation gate, online confidence correction, online step cost).
 ADAPTIVE_ENV = "SGLANG_DSPARK_ADAPTIVE"
 
 
@@ -272,6 +273,13 @@ class DSparkWorker(BaseSpecWorker):
         self.corrector = (
             ConfidenceCorrector(ConfidenceCorrectorConfig(self.block_size), self.device) if adaptive else None
         )
+        # Without a profiled table the prefix scheduler's step-cost curve is measured from the
+        # worker's own steps; verified on CPU only, so elsewhere the generic curve stays.
+        self.step_cost = (
+            OnlineStepCost(self.sps_table, StepCostConfig(max_verify_per_request=self.block_size + 1))
+            if adaptive and not spec.speculative_dspark_sps_table_path and self.device.type == "cpu"
+            else None
+        )
         self.stats = StepStats()
         self.metrics = None
         if getattr(server_args, "enable_metrics", False):
@@ -284,7 +292,9 @@ class DSparkWorker(BaseSpecWorker):
             self.block_size,
             len(self.drafter.layers),
             "on" if self.drafter.confidence_head is not None else "off (verify whole blocks)",
-            self.sps_table.device or "default",
+            "measured online from verify steps (no --speculative-dspark-sps-table-path)"
+            if self.step_cost is not None
+            else self.sps_table.device or "default",
         )
 
     # ------------------------------------------------------------------ set-up
@@ -413,6 +423,7 @@ class DSparkWorker(BaseSpecWorker):
             "dspark_fallback_steps": s.fallback_steps,
             "dspark_plain_steps": s.plain_steps,
             "dspark_gate": None if self.gate is None else self.gate.summary(),
+            "dspark_step_cost": None if self.step_cost is None else self.step_cost.summary(),
             "dspark_confidence_scale": None if self.corrector is None else self.corrector.scale.tolist(),
             "dspark_speculating": self.speculating,
             "dspark_acceptance_rate": self.acceptance_guard.rate,
@@ -657,7 +668,9 @@ class DSparkWorker(BaseSpecWorker):
             verify_lens = torch.full((bs,), self.block_size, dtype=torch.long, device=self.device)
         else:
             confidence = block.confidence if self.corrector is None else self.corrector.correct(block.confidence)
-            verify_lens = schedule_prefixes(confidence, self.sps_table)
+            verify_lens = schedule_prefixes(
+                confidence, self.sps_table if self.step_cost is None else self.step_cost.curve(bs)
+            )
         if block is not None and any(plain):
             verify_lens = verify_lens.masked_fill(torch.tensor(plain, device=self.device), 0)
         draft_tokens = anchors.new_zeros((bs, 0)) if block is None else block.tokens.contiguous()
@@ -736,6 +749,9 @@ class DSparkWorker(BaseSpecWorker):
             draft=t1 - t0, schedule=t2 - t1, prepare=t3 - t2, forward=t4 - t3, finish=t5 - t4
         )
         self.stats.add_timing(timing)
+        if self.step_cost is not None:
+            # Drafting and scheduling cost the same whatever is verified: not part of the curve.
+            self.step_cost.record(bs, sum(verify_lens_cpu) + bs, timing.total - timing.draft - timing.schedule)
         self.stats.record_layout(layout)
         self.stats.record(accept_lens_cpu, verify_lens_cpu, self.block_size + 1)
         if mode is Mode.PLAIN and self.speculating:

@@ -19,16 +19,22 @@ def _single_thread():
         yield
 
 
-@pytest.mark.parametrize("anchor_context_input", [False, True], ids=["deepspec", "anchor-context"])
-def test_rows_in_scattered_slots_gather_to_the_cache_extend_context_builds(tmp_path, anchor_context_input):
+def small_drafter(tmp_path, *, num_draft_layers: int, anchor_context_input: bool):
+    """A synthetic drafter small enough for exact comparisons (also used by the worker's tests)."""
     config = DSparkConfig(
         block_size=4, mask_token_id=7, target_layer_ids=(0, 2), markov_rank=8, hidden_size=32,
-        vocab_size=61, num_draft_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=61, num_draft_layers=num_draft_layers, num_attention_heads=4, num_key_value_heads=2,
         head_dim=8, intermediate_size=48, num_target_layers=4, anchor_context_input=anchor_context_input,
     )
     embed, head = make_synthetic_target_modules(config, seed=1)
     path = write_synthetic_deepspec_checkpoint(tmp_path, config, seed=0, target_modules=(embed, head))
-    drafter = load_deepspec_drafter(path, embed_tokens=embed, lm_head=head).eval()
+    return load_deepspec_drafter(path, embed_tokens=embed, lm_head=head).eval()
+
+
+@pytest.mark.parametrize("anchor_context_input", [False, True], ids=["deepspec", "anchor-context"])
+def test_rows_in_scattered_slots_gather_to_the_cache_extend_context_builds(tmp_path, anchor_context_input):
+    drafter = small_drafter(tmp_path, num_draft_layers=2, anchor_context_input=anchor_context_input)
+    config = drafter.config
     g = torch.Generator().manual_seed(0)
     lengths = torch.tensor([7, 1, 4])
     features = torch.randn(3, 7, config.context_feature_size, generator=g)
@@ -55,14 +61,8 @@ def test_rows_in_scattered_slots_gather_to_the_cache_extend_context_builds(tmp_p
 
 
 def test_deferred_rows_are_written_in_queue_order_before_the_next_write(tmp_path):
-    config = DSparkConfig(
-        block_size=4, mask_token_id=7, target_layer_ids=(0, 2), markov_rank=8, hidden_size=32,
-        vocab_size=61, num_draft_layers=1, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=8, intermediate_size=48, num_target_layers=4, anchor_context_input=True,
-    )
-    embed, head = make_synthetic_target_modules(config, seed=1)
-    path = write_synthetic_deepspec_checkpoint(tmp_path, config, seed=0, target_modules=(embed, head))
-    drafter = load_deepspec_drafter(path, embed_tokens=embed, lm_head=head).eval()
+    drafter = small_drafter(tmp_path, num_draft_layers=1, anchor_context_input=True)
+    config = drafter.config
     g = torch.Generator().manual_seed(0)
     features = torch.randn(6, config.context_feature_size, generator=g)
     # Slot 3 is written twice (freed and reused between the steps): the later row must win.

@@ -7,23 +7,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sglang_dspark.algorithm.config import DSparkConfig
-from sglang_dspark.models.deepspec_drafter import load_deepspec_drafter
 from sglang_dspark.models.paged_context import PagedDrafterContext
-from sglang_dspark.models.synthetic import make_synthetic_target_modules, write_synthetic_deepspec_checkpoint
 from sglang_dspark.sglang.worker import DEFERRED_CONTEXT_ROWS, DSparkWorker
+from tests.models.test_paged_context import small_drafter
 
 
 @pytest.fixture
 def worker(tmp_path):
-    config = DSparkConfig(
-        block_size=4, mask_token_id=7, target_layer_ids=(0, 2), markov_rank=8, hidden_size=32,
-        vocab_size=61, num_draft_layers=1, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=8, intermediate_size=48, num_target_layers=4,
-    )
-    embed, head = make_synthetic_target_modules(config, seed=1)
-    path = write_synthetic_deepspec_checkpoint(tmp_path, config, seed=0, target_modules=(embed, head))
-    drafter = load_deepspec_drafter(path, embed_tokens=embed, lm_head=head).eval()
+    drafter = small_drafter(tmp_path, num_draft_layers=1, anchor_context_input=False)
     fallbacks = []
     # Only what _write_context reads: the pool, the drafter and the fallback counter.
     return SimpleNamespace(

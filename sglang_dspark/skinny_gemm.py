@@ -46,6 +46,9 @@ _CONFIRMED = 1.15
 # 2x slower; bench/RESULTS.md, eleventh session). Waiting for the load to pass
 # costs start-up time only when the CPU is busy.
 _MAX_MEASURE_SECONDS = 45.0
+# Rounds and seconds before minima that stopped falling count as stable without a second matching time.
+_SETTLE_ROUNDS = 20
+_SETTLE_SECONDS = 10.0
 
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -114,25 +117,37 @@ class SkinnyGemmMeasurement:
 def _stable_minima(sweeps: list, *, min_rounds: int, max_seconds: float, tolerance: float) -> tuple[list[float], bool]:
     """Best time (ms) of each callable, timed in rounds that visit every one in turn.
 
-    Rounds continue until each callable's two best times agree within
-    ``tolerance`` (a minimum that load from other processes did not set) or
-    ``max_seconds`` have passed. Returns the minima and whether they were stable.
+    Rounds continue until the minima are stable or ``max_seconds`` have
+    passed. Stable: each callable's two best times agree within ``tolerance``
+    (a minimum that load from other processes did not set), or, after at least
+    ``_SETTLE_ROUNDS`` rounds and ``_SETTLE_SECONDS``, no minimum has improved
+    by more than ``tolerance`` in the later half of the rounds (a lone fast
+    outlier that no second time matches would otherwise keep the rounds going
+    to the limit, while minima set by load that has passed keep falling).
+    Returns the minima and whether they were stable.
     """
     for fn in sweeps:
         fn()
     samples: list[list[float]] = [[] for _ in sweeps]
-    deadline = time.monotonic() + max_seconds
+    last_gain = [0] * len(sweeps)  # round in which each minimum last fell by more than ``tolerance``
+    began = time.monotonic()
+    deadline = began + max_seconds
     rounds = 0
     while True:
+        rounds += 1
         for i, fn in enumerate(sweeps):
             start = time.perf_counter()
             fn()
-            samples[i].append((time.perf_counter() - start) * 1000)
-        rounds += 1
+            ms = (time.perf_counter() - start) * 1000
+            if not samples[i] or ms * tolerance < min(samples[i]):
+                last_gain[i] = rounds
+            samples[i].append(ms)
         best_two = [sorted(x)[:2] for x in samples]
-        stable = all(len(b) > 1 and b[1] <= b[0] * tolerance for b in best_two)
-        if rounds >= min_rounds and (stable or time.monotonic() > deadline):
-            return [b[0] for b in best_two], stable
+        confirmed = all(len(b) > 1 and b[1] <= b[0] * tolerance for b in best_two)
+        settled = (rounds >= _SETTLE_ROUNDS and max(last_gain) <= rounds // 2
+                   and time.monotonic() - began >= _SETTLE_SECONDS)
+        if rounds >= min_rounds and (confirmed or settled or time.monotonic() > deadline):
+            return [b[0] for b in best_two], confirmed or settled
 
 
 @torch.inference_mode()

@@ -71,6 +71,34 @@ def test_rounds_continue_until_each_minimum_is_confirmed(monkeypatch):
     assert minima == pytest.approx([2.0, 1.0]) and stable
 
 
+def _timed(monkeypatch, durations_ms):
+    """Make _stable_minima see ``durations_ms`` (one per timed call, in order)."""
+    from sglang_dspark import skinny_gemm
+
+    clock = iter([t for d in durations_ms for t in (0.0, d)])
+    monkeypatch.setattr(skinny_gemm.time, "perf_counter", lambda: next(clock) / 1000)
+
+
+def test_a_lone_fast_outlier_settles_instead_of_running_to_the_limit(monkeypatch):
+    from sglang_dspark import skinny_gemm
+
+    monkeypatch.setattr(skinny_gemm, "_SETTLE_SECONDS", 0.0)
+    # One callable: a fast outlier in round 1 that no later time matches within 15 %.
+    _timed(monkeypatch, [1.0] + [1.5] * 100)
+    minima, stable = skinny_gemm._stable_minima([lambda: None], min_rounds=3, max_seconds=1e9, tolerance=1.15)
+    assert minima == [1.0] and stable  # settled at round 20, well before the 100 times ran out
+
+
+def test_load_that_passes_does_not_set_the_minimum(monkeypatch):
+    from sglang_dspark import skinny_gemm
+
+    monkeypatch.setattr(skinny_gemm, "_SETTLE_SECONDS", 0.0)
+    # Load for 15 rounds (times 20 % apart, never two within 15 %), then it passes.
+    _timed(monkeypatch, [300.0 * 1.2**i for i in range(15)] + [10.0] * 100)
+    minima, stable = skinny_gemm._stable_minima([lambda: None], min_rounds=3, max_seconds=1e9, tolerance=1.15)
+    assert minima == [10.0] and stable
+
+
 def test_choice_follows_the_measurement_and_requests():
     assert choose_cpu_linear(measured_speedup=2.5, detail="d", asked=None).impl == OURS
     assert choose_cpu_linear(measured_speedup=CPU_LINEAR_MIN_SPEEDUP, detail="d", asked=None).impl == OURS

@@ -210,3 +210,12 @@ def test_lm_head_hook_only_takes_the_plain_matmul_branch(decided):
     lora = types.SimpleNamespace(weight=head.weight, quant_method=None, set_lora=1, apply_lora=1)
     assert cpu_linear.compute_lm_head(_lm_orig, _Logits(), h, lora) == "orig"
     assert cpu_linear.compute_lm_head(_lm_orig, _Logits(), torch.randn(9, 16), head) == "orig"
+
+
+def test_one_row_and_two_rows_share_their_best_skinny_time():
+    from sglang_dspark.skinny_gemm import _same_work_same_time
+
+    # One row is computed as two: a slow one-row time (load) must not stop the skinny form at 0 rows.
+    assert _same_work_same_time((1, 2, 4), [76.4, 2.8, 3.8]) == (2.8, 2.8, 3.8)
+    assert _same_work_same_time((1, 2), [2.5, 9.0]) == (2.5, 2.5)
+    assert _same_work_same_time((1, 4), [76.4, 3.8]) == (76.4, 3.8)  # nothing to share without two rows

@@ -160,8 +160,8 @@ def measure_skinny_gemm(weight: torch.Tensor, *, rows: tuple[int, ...] = _MEASUR
     ``weight`` (at least one), so that the weights come from memory as in a
     forward, not from the cache. All (rows, form) sweeps are timed in rounds,
     so that load from other processes (a plain and a speculative server
-    starting together, say) hits both forms alike, until every best time is
-    confirmed by a second one within 15 % or ``max_seconds`` have passed.
+    starting together, say) hits both forms alike, until the minima are stable
+    (:func:`_stable_minima`) or ``max_seconds`` have passed.
     Rounds under load are long and their times useless, so the limit is set to
     outlast another server's start-up (see ``_MAX_MEASURE_SECONDS``).
     """

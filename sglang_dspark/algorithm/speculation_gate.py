@@ -21,7 +21,7 @@ import enum
 import math
 from dataclasses import dataclass, field
 
-__all__ = ["Mode", "SpeculationGate", "SpeculationGateConfig", "batch_bucket"]
+__all__ = ["Mode", "SpeculationGate", "SpeculationGateConfig", "batch_bucket", "bucket_label"]
 
 
 class Mode(enum.Enum):
@@ -93,6 +93,12 @@ def batch_bucket(batch_size: int) -> int:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     return math.ceil(math.log2(batch_size))
+
+
+def bucket_label(bucket: int) -> str:
+    """The batch sizes of a bucket index, as ``/server_info`` shows them: ``"1"``, ``"2"``, ``"3-4"``, ``"5-8"``, ..."""
+    lo, hi = (1, 1) if bucket == 0 else (2 ** (bucket - 1) + 1, 2**bucket)
+    return str(hi) if lo == hi else f"{lo}-{hi}"
 
 
 @dataclass
@@ -232,9 +238,7 @@ class SpeculationGate:
         out: dict[str, dict[str, float | str | int]] = {}
         for key in sorted(self._buckets):
             b = self._buckets[key]
-            lo, hi = (1, 1) if key == 0 else (2 ** (key - 1) + 1, 2**key)
-            label = str(hi) if lo == hi else f"{lo}-{hi}"
-            out[label] = {
+            out[bucket_label(key)] = {
                 "winner": b.winner.value,
                 **{f"{m.value}_tokens_per_second": b.measured[m].rate for m in Mode},
                 **{f"{m.value}_steps": b.measured[m].steps for m in Mode},  # since the mode's last probe

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from sglang_dspark.algorithm.speculation_gate import batch_bucket
+from sglang_dspark.algorithm.speculation_gate import batch_bucket, bucket_label
 from sglang_dspark.algorithm.sps_table import SpsTable
 
 __all__ = ["OnlineStepCost", "StepCostConfig"]
@@ -111,12 +111,11 @@ class OnlineStepCost:
         return self.prior if fit is None or fit.curve is None else fit.curve
 
     def summary(self) -> dict[str, dict[str, float] | str]:
-        """Per bucket (by its smallest batch size): the fitted ms per step and per extra token, or ``"prior"``."""
+        """Per bucket (labelled as the gate's): the fitted ms per step and per extra token, or ``"prior"``."""
         out: dict[str, dict[str, float] | str] = {}
         for bucket, fit in sorted(self._fits.items()):
             line = fit.line(self.config.min_spread_tokens) if fit.curve is not None else None
-            key = str(1 if bucket == 0 else 2 ** (bucket - 1) + 1)
-            out[key] = "prior" if line is None else {"base_ms": 1000 * line[0], "per_token_ms": 1000 * line[1]}
+            out[bucket_label(bucket)] = "prior" if line is None else {"base_ms": 1000 * line[0], "per_token_ms": 1000 * line[1]}
         return out
 
     def _curve(self, fit: _Fit, batch_size: int) -> SpsTable | None:

@@ -102,7 +102,6 @@ class PagedDrafterContext:
         if self._queued:
             self._write_rows(drafter, *self._take_queued())
 
-    @torch.no_grad()
     def write(
         self,
         drafter: DeepSpecDrafter,

@@ -16,8 +16,9 @@ def test_ratio_is_of_summed_tokens_over_summed_time():
         return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall, "requests": 8}
 
     rounds = [{"plain": level(100, 1.0), "dspark": level(100, 2.0), "identical": 8},
-              {"plain": level(100, 3.0), "dspark": level(100, 2.0), "identical": 7}]
+              {"plain": level(100, 3.0), "dspark": level(100, 1.0), "identical": 7}]
     s = summarize(rounds)
-    assert s["ratio_per_round"] == pytest.approx([0.5, 1.5])
-    assert s["ratio"] == pytest.approx((200 / 4.0) / (200 / 4.0))
+    assert s["ratio_per_round"] == pytest.approx([0.5, 3.0])
+    # (200 / 3 s) / (200 / 4 s); the mean of the per-round ratios would be 1.75.
+    assert s["ratio"] == pytest.approx(4.0 / 3.0)
     assert s["identical"] == 15 and s["requests"] == 16

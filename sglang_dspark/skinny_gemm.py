@@ -49,6 +49,12 @@ _MAX_MEASURE_SECONDS = 45.0
 # Rounds and seconds before minima that stopped falling count as stable without a second matching time.
 _SETTLE_ROUNDS = 20
 _SETTLE_SECONDS = 10.0
+# Agreeing times cannot tell steady load from the machine (a DSPARK server once
+# measured one row at 76 ms and two at 2.8 ms, both "confirmed"), so the process's
+# own CPU time is read as well: below this share of the measuring threads' wall
+# time, other processes had the cores and the measurement is marked as taken
+# under load (the serving glue measures again later).
+_LOADED_CPU_SHARE = 0.8
 
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -81,6 +87,7 @@ class SkinnyGemmMeasurement:
     torch_ms: tuple[float, ...]
     skinny_ms: tuple[float, ...]
     stable: bool = True
+    cpu_share: float = 1.0
 
     def __post_init__(self) -> None:
         if not (len(self.rows) == len(self.torch_ms) == len(self.skinny_ms) > 0):
@@ -100,6 +107,11 @@ class SkinnyGemmMeasurement:
         return served
 
     @property
+    def under_load(self) -> bool:
+        """Whether other processes loaded the CPU while this was measured (its minima may be theirs)."""
+        return not self.stable or self.cpu_share < _LOADED_CPU_SHARE
+
+    @property
     def speedup(self) -> float:
         """Total ``F.linear`` time over total skinny time, over the row counts up to :attr:`max_rows`."""
         kept = [(t, s) for m, t, s in zip(self.rows, self.torch_ms, self.skinny_ms) if m <= self.max_rows]
@@ -111,7 +123,14 @@ class SkinnyGemmMeasurement:
         per_rows = ", ".join(f"M={m}: {t:.2f}/{s:.2f} ms" for m, t, s in zip(self.rows, self.torch_ms, self.skinny_ms))
         return (f"{self.speedup:.2f}x for 1-{self.max_rows} rows on {self.copies} copies of a [{self.shape[0]}x{self.shape[1]}] "
                 f"{self.dtype} weight (F.linear/skinny per sweep {per_rows}"
-                f"{'' if self.stable else '; unstable: other processes loaded the CPU'})")
+                f"{self._load_note()})")
+
+    def _load_note(self) -> str:
+        if not self.stable:
+            return "; unstable: other processes loaded the CPU"
+        if self.under_load:
+            return f"; under load: this process had {self.cpu_share:.0%} of the CPU time of its threads"
+        return ""
 
 
 def _stable_minima(sweeps: list, *, min_rounds: int, max_seconds: float, tolerance: float) -> tuple[list[float], bool]:
@@ -176,11 +195,13 @@ def measure_skinny_gemm(weight: torch.Tensor, *, rows: tuple[int, ...] = _MEASUR
         return lambda: [form(x, w) for w in weights]
 
     sweeps = [sweep(form, x) for x in inputs for form in (F.linear, skinny_linear)]
+    wall, cpu = time.perf_counter(), time.process_time()
     minima, stable = _stable_minima(sweeps, min_rounds=min_rounds, max_seconds=max_seconds,
                                     tolerance=_CONFIRMED)
+    share = (time.process_time() - cpu) / max((time.perf_counter() - wall) * torch.get_num_threads(), 1e-9)
     return SkinnyGemmMeasurement(tuple(weight.shape), copies, str(weight.dtype).removeprefix("torch."),
                                  tuple(rows), tuple(minima[0::2]), _same_work_same_time(rows, minima[1::2]),
-                                 stable)
+                                 stable, min(share, 1.0))
 
 
 def _same_work_same_time(rows: tuple[int, ...], skinny_ms: list[float]) -> tuple[float, ...]:

@@ -219,3 +219,57 @@ def test_one_row_and_two_rows_share_their_best_skinny_time():
     assert _same_work_same_time((1, 2, 4), [76.4, 2.8, 3.8]) == (2.8, 2.8, 3.8)
     assert _same_work_same_time((1, 2), [2.5, 9.0]) == (2.5, 2.5)
     assert _same_work_same_time((1, 4), [76.4, 3.8]) == (76.4, 3.8)  # nothing to share without two rows
+
+
+def test_measurement_under_load_is_marked_by_the_cpu_share():
+    quiet = SkinnyGemmMeasurement((8, 8), 1, "float32", (1,), (2.0,), (1.0,), True, 0.97)
+    shared = SkinnyGemmMeasurement((8, 8), 1, "float32", (1,), (2.0,), (1.0,), True, 0.55)
+    unstable = SkinnyGemmMeasurement((8, 8), 1, "float32", (1,), (2.0,), (1.0,), False, 1.0)
+    assert not quiet.under_load and "load" not in quiet.summary()
+    assert shared.under_load and "had 55% of the CPU time" in shared.summary()
+    assert unstable.under_load and "unstable" in unstable.summary()
+    m = measure_skinny_gemm(torch.randn(64, 32), rows=(1, 2), min_rounds=2, max_seconds=0.5, sweep_bytes=1)
+    assert 0.0 < m.cpu_share <= 1.0
+
+
+def _measurements(monkeypatch, *results):
+    """Make cpu_linear measure ``results`` in turn; return the list of measured dtypes and a clock setter."""
+    queue, calls, now = list(results), [], [0.0]
+    monkeypatch.setattr(cpu_linear, "measure_skinny_gemm", lambda w: calls.append(w.dtype) or queue.pop(0))
+    monkeypatch.setattr(cpu_linear, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(cpu_linear, "_remeasure", {})
+
+    def at(seconds):
+        now[0] = seconds
+    return calls, at
+
+
+@torch.no_grad()
+def test_a_decision_taken_under_load_is_measured_again_when_due(decided, monkeypatch):
+    decided("auto")
+    loaded = SkinnyGemmMeasurement((32, 16), 1, "float32", (1, 2), (4.0, 1.0), (1.0, 2.0), True, 0.5)
+    quiet = SkinnyGemmMeasurement((32, 16), 1, "float32", (1, 2), (4.0, 4.0), (1.0, 1.0), True, 0.98)
+    calls, at = _measurements(monkeypatch, loaded, quiet)
+    layer, head = _layer(), types.SimpleNamespace(weight=torch.randn(50, 16), quant_method=None)
+    x = torch.randn(2, 16)
+    assert cpu_linear.linear_apply(_orig, None, layer, x) == ("orig", 2)  # loaded: skinny for one row only
+    at(cpu_linear._REMEASURE_AFTER_SECONDS - 1)
+    cpu_linear.compute_lm_head(_lm_orig, _Logits(), torch.randn(1, 16), head)
+    assert len(calls) == 1  # not yet due
+    at(cpu_linear._REMEASURE_AFTER_SECONDS + 1)
+    cpu_linear.compute_lm_head(_lm_orig, _Logits(), torch.randn(1, 16), head)
+    assert len(calls) == 2 and cpu_linear._decided == {torch.float32: 2} and cpu_linear._remeasure == {}
+    torch.testing.assert_close(cpu_linear.linear_apply(_orig, None, layer, x), F.linear(x, layer.weight))
+
+
+@torch.no_grad()
+def test_measuring_again_stops_after_its_tries(decided, monkeypatch):
+    decided("auto")
+    loaded = SkinnyGemmMeasurement((32, 16), 1, "float32", (1,), (4.0,), (1.0,), False, 0.4)
+    calls, at = _measurements(monkeypatch, *[loaded] * (cpu_linear._REMEASURE_TRIES + 2))
+    head = types.SimpleNamespace(weight=torch.randn(50, 16), quant_method=None)
+    cpu_linear.linear_apply(_orig, None, _layer(), torch.randn(1, 16))
+    for i in range(1, cpu_linear._REMEASURE_TRIES + 3):
+        at(i * (cpu_linear._REMEASURE_AFTER_SECONDS + 1))
+        cpu_linear.compute_lm_head(_lm_orig, _Logits(), torch.randn(1, 16), head)
+    assert len(calls) == 1 + cpu_linear._REMEASURE_TRIES and cpu_linear._remeasure == {}

@@ -165,6 +165,8 @@ def _generate(
         pad_token_id=pad_id,
         eos_token_id=sorted(eos_ids),
     )
+    if recipe.cache_implementation == "static":
+        kwargs["cache_implementation"] = "static"
     if recipe.temperature > 0:
         torch.manual_seed(seed)
         kwargs.update(do_sample=True, temperature=recipe.temperature, top_p=recipe.top_p, top_k=0)
@@ -325,7 +327,7 @@ def distill(
             k: getattr(recipe, k)
             for k in (
                 "max_prompt_tokens", "max_new_tokens", "temperature", "top_p", "shard_size",
-                "hidden_dtype", "attn_implementation",
+                "hidden_dtype", "attn_implementation", "cache_implementation",
             )
         },
     }
@@ -334,6 +336,8 @@ def distill(
     manifest: dict[str, Any]
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if isinstance(manifest.get("distill"), dict):  # data made before the option existed
+            manifest["distill"].setdefault("cache_implementation", "dynamic")
         mismatched = [k for k, v in spec.items() if manifest.get(k) != v]
         if mismatched:
             raise DistillError(

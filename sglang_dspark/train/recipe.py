@@ -13,7 +13,7 @@ silently)::
       "corpus":    {seed, num_chat, num_code, heldout_fraction, max_chars},
       "distill":   {max_prompt_tokens, max_new_tokens, temperature, top_p,
                     batch_size, shard_size, hidden_dtype, compute_dtype,
-                    attn_implementation, max_shards},
+                    attn_implementation, cache_implementation, max_shards},
       "train":     {num_anchors, micro_batch_size, batch_size, epochs, max_steps,
                     lr, warmup_ratio, weight_decay, max_grad_norm, adam_betas,
                     log_every, checkpoint_every, keep_checkpoints,
@@ -117,8 +117,13 @@ class DistillRecipe:
     #: (``None`` = all); raising it later distils the next shards of the same corpus.
     max_shards: int | None = None
     #: HF attention for generation; ``"eager"`` decoded 1.5x faster than ``"sdpa"``
-    #: in bf16 on the 2-core EPYC (bench/RESULTS.md).
+    #: in bf16 on the 2-core EPYC, ``"sdpa"`` with a static cache 1.7x faster than
+    #: eager with a dynamic one on a 2-core Xeon with AMX (bench/RESULTS.md).
     attn_implementation: str = "sdpa"
+    #: HF KV cache for generation: ``"dynamic"`` grows every layer's cache by a
+    #: ``cat`` per step (the whole cache copied each step), ``"static"`` allocates
+    #: prompt + ``max_new_tokens`` once.
+    cache_implementation: str = "dynamic"
 
 
 @dataclass(frozen=True)
@@ -213,6 +218,11 @@ class Recipe:
         if self.distill.attn_implementation not in ("eager", "sdpa"):
             raise RecipeError(
                 f"distill.attn_implementation {self.distill.attn_implementation!r} is unknown."
+            )
+        if self.distill.cache_implementation not in ("dynamic", "static"):
+            raise RecipeError(
+                f"distill.cache_implementation {self.distill.cache_implementation!r} is unknown "
+                "(dynamic or static)."
             )
         if not 0.0 <= self.loss.ce_only_ratio <= 1.0:
             raise RecipeError(f"loss.ce_only_ratio must be in [0, 1], got {self.loss.ce_only_ratio}.")

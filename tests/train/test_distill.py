@@ -96,3 +96,30 @@ def test_resumes_by_shard_and_refuses_other_settings(setup):
         distill(model, tokenizer, prompts[:-1], out, layer_ids=recipe.drafter.target_layer_ids,
                 recipe=recipe.distill, progress=False)
     assert json.loads((out / "manifest.json").read_text())["complete"]
+
+
+def test_static_cache_gives_the_same_data_and_old_manifests_still_resume(setup, tmp_path):
+    recipe, model, tokenizer, prompts, out, manifest = setup
+    static = dataclasses.replace(recipe.distill, cache_implementation="static", max_shards=1)
+    distill(model, tokenizer, prompts, tmp_path, layer_ids=recipe.drafter.target_layer_ids,
+            recipe=static, progress=False)
+    dynamic, fixed = DistilledData(out, max_shards=1), DistilledData(tmp_path)
+    assert len(fixed) == len(dynamic) > 0
+    for i in range(len(fixed)):
+        a, b = dynamic.get(i), fixed.get(i)
+        assert a.input_ids.tolist() == b.input_ids.tolist()
+        torch.testing.assert_close(a.context_hidden.float(), b.context_hidden.float(), atol=0.02, rtol=0.02)
+    # The other cache is another setting; data made before the option existed counts as dynamic.
+    with pytest.raises(DistillError, match="other settings"):
+        distill(model, tokenizer, prompts, out, layer_ids=recipe.drafter.target_layer_ids,
+                recipe=static, progress=False)
+    path = out / "manifest.json"
+    saved = json.loads(path.read_text())
+    old = json.loads(path.read_text())
+    del old["distill"]["cache_implementation"]
+    path.write_text(json.dumps(old))
+    try:
+        distill(model, tokenizer, prompts, out, layer_ids=recipe.drafter.target_layer_ids,
+                recipe=recipe.distill, progress=False)
+    finally:
+        path.write_text(json.dumps(saved))

@@ -61,6 +61,8 @@ def test_unknown_keys_and_bad_values_are_rejected(tmp_path):
         Recipe.from_dict(dict(base, drafter=dict(base["drafter"], target_layer_ids=[3, 1])))
     with pytest.raises(RecipeError, match="multiple"):
         Recipe.from_dict(dict(base, train=dict(base["train"], batch_size=3, micro_batch_size=2)))
+    with pytest.raises(RecipeError, match="cache_implementation"):
+        Recipe.from_dict(dict(base, distill=dict(base["distill"], cache_implementation="paged")))
     path = tmp_path / "r.json"
     path.write_text("{not json")
     with pytest.raises(RecipeError):

@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-distill", action="store_true",
                         help="train on the shards distilled so far (finish the rest later with "
                         "--prepare-only)")
+    parser.add_argument("--answers", default=None,
+                        help="stored answers (gzip'd JSON lines, python -m sglang_dspark.train.answers): "
+                        "prompts it holds are read out, not generated again")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars (log lines only)")
     return parser
 
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
             prepare_only=args.prepare_only,
             distill_missing=not args.no_distill,
+            answers_file=args.answers,
         )
     except (TrainError, RecipeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

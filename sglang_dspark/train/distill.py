@@ -77,6 +77,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DISTILL_FORMAT = "sglang-dspark-distill/1"
+# Stored answers are read out in batches this small with SDPA: on a 2-core Xeon 1,170 tokens/s
+# against 960 at 16 and 510 with eager attention at 16 (padding and [B, heads, T, T] scores grow
+# with the batch; bench/RESULTS.md).
+_READ_OUT_BATCH = 4
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -243,6 +247,10 @@ def generation_model(model: Any, dtype: torch.dtype, attn_implementation: str) -
     return gen.eval()
 
 
+def _batches(items: list, size: int) -> list[list]:
+    return [items[b : b + size] for b in range(0, len(items), size)]
+
+
 def _write_shard(path: Path, rows: list[dict[str, Any]], hidden_dtype: torch.dtype) -> dict:
     from safetensors.torch import save_file
 
@@ -285,8 +293,12 @@ def distill(
     fingerprint: str = "",
     seed: int = 0,
     progress: bool = True,
+    answers_file: str | Path | None = None,
 ) -> dict[str, Any]:
     """Generate answers and record teacher-forced features into ``out_dir`` (resumable).
+
+    Prompts whose answer ``answers_file`` holds (:mod:`sglang_dspark.train.answers`)
+    are not generated again: their features are read out by one forward.
 
     Args:
         model: the target (HF causal LM, eval mode).
@@ -299,13 +311,16 @@ def distill(
         fingerprint: identifies the target (:func:`target_fingerprint`).
         seed: sampling seed (``temperature > 0`` only).
         progress: show a tqdm bar.
+        answers_file: stored answers of this target and these settings.
 
     Returns:
         The final manifest dict.
 
     Raises:
         DistillError: ``out_dir`` holds data for another target, corpus or setting.
+        AnswersError: ``answers_file`` holds answers made with other settings.
     """
+    from sglang_dspark.train.answers import answer_settings, load_answers, prompt_key, read_out
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
@@ -351,6 +366,7 @@ def distill(
                 handle.write(json.dumps(prompt.to_json()) + "\n")
         _atomic_write_json(manifest_path, manifest)
 
+    stored = load_answers(answers_file, answer_settings(spec)) if answers_file else {}
     shard_size = recipe.shard_size
     num_shards = (len(prompts) + shard_size - 1) // shard_size
     manifest["num_shards"] = num_shards
@@ -358,6 +374,7 @@ def distill(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     eos_ids = eos_token_ids(model, tokenizer)
     todo = [i for i in range(wanted) if not (out_dir / _shard_name(i)).is_file()]
+    reader = generation_model(model, compute_dtype, "sdpa") if todo and stored else None
     if todo:
         model = generation_model(model, compute_dtype, recipe.attn_implementation)
     done_tokens = sum(s.get("num_answer_tokens", 0) for s in manifest.get("shards", {}).values())
@@ -372,20 +389,29 @@ def distill(
             ids = _chat_ids(tokenizer, prompt.text)
             if len(ids) <= recipe.max_prompt_tokens:
                 items.append((index, prompt, ids))
+        known = [(i, p, ids, stored[prompt_key(p.text)]) for i, p, ids in items if prompt_key(p.text) in stored]
+        items = [item for item in items if prompt_key(item[1].text) not in stored]
         # Longest first: batches of similar lengths waste less padding.
         items.sort(key=lambda item: (-len(item[2]), item[0]))
+        known.sort(key=lambda item: (-len(item[2]) - len(item[3]), item[0]))
+        batches = [(batch, None) for batch in _batches(known, _READ_OUT_BATCH)]
+        batches += [(batch, b) for b, batch in enumerate(_batches(items, recipe.batch_size))]
         rows = []
-        for b in range(0, len(items), recipe.batch_size):
-            batch = items[b : b + recipe.batch_size]
-            results = _generate(
-                model,
-                [ids for _, _, ids in batch],
-                recipe=recipe,
-                pad_id=pad_id,
-                eos_ids=eos_ids,
-                seed=seed * 1_000_003 + shard * 1009 + b,
-                layer_ids=layer_ids,
-            )
+        for batch, b in batches:
+            if b is None:  # stored answers: read the features out
+                feats = read_out(reader, [ids + answer for _, _, ids, answer in batch], layer_ids, pad_id=pad_id)
+                results = [(answer, ctx, last) for (*_, answer), (ctx, last) in zip(batch, feats)]
+                batch = [item[:3] for item in batch]
+            else:
+                results = _generate(
+                    model,
+                    [ids for _, _, ids in batch],
+                    recipe=recipe,
+                    pad_id=pad_id,
+                    eos_ids=eos_ids,
+                    seed=seed * 1_000_003 + shard * 1009 + b * recipe.batch_size,
+                    layer_ids=layer_ids,
+                )
             for (index, prompt, ids), (answer, ctx, last) in zip(batch, results):
                 if len(answer) < 2:
                     continue
@@ -400,9 +426,10 @@ def distill(
                         "ended": answer[-1] in eos_ids,
                     }
                 )
-                new_tokens += len(answer)
+                new_tokens += len(answer) if b is not None else 0
         rows.sort(key=lambda r: r["prompt_index"])
         stats = _write_shard(out_dir / _shard_name(shard), rows, hidden_dtype)
+        stats["num_from_answers"] = len(known)
         manifest.setdefault("shards", {})[_shard_name(shard)] = stats
         _atomic_write_json(manifest_path, manifest)
         elapsed = time.perf_counter() - start
@@ -410,8 +437,8 @@ def distill(
         bar.set_postfix(tok_s=f"{new_tokens / max(elapsed, 1e-9):.1f}",
                         tokens=done_tokens + new_tokens)
         logger.info(
-            "shard %d/%d: %d sequences, %d answer tokens (%.1f answer tok/s)",
-            shard + 1, wanted, stats["num_sequences"], stats["num_answer_tokens"],
+            "shard %d/%d: %d sequences (%d from stored answers), %d answer tokens (%.1f generated tok/s)",
+            shard + 1, wanted, stats["num_sequences"], len(known), stats["num_answer_tokens"],
             new_tokens / max(elapsed, 1e-9),
         )
     bar.close()

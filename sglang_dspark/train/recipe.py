@@ -117,8 +117,9 @@ class DistillRecipe:
     #: (``None`` = all); raising it later distils the next shards of the same corpus.
     max_shards: int | None = None
     #: HF attention for generation; ``"eager"`` decoded 1.5x faster than ``"sdpa"``
-    #: in bf16 on the 2-core EPYC, ``"sdpa"`` with a static cache 1.7x faster than
-    #: eager with a dynamic one on a 2-core Xeon with AMX (bench/RESULTS.md).
+    #: in bf16 on the 2-core EPYC; on a 2-core Xeon with AMX ``"sdpa"`` with a static
+    #: cache was 1.7x faster over 64 new tokens but 0.8x over a 192-token shard
+    #: (bench/RESULTS.md).
     attn_implementation: str = "sdpa"
     #: HF KV cache for generation: ``"dynamic"`` grows every layer's cache by a
     #: ``cat`` per step (the whole cache copied each step), ``"static"`` allocates

@@ -155,6 +155,8 @@ class Trainer:
         device: ``"cpu"`` or ``"cuda"``.
         target_dir: where the target came from (fingerprint for the data).
         progress: tqdm bars.
+        answers_file: stored answers to read out instead of generating
+            (:mod:`sglang_dspark.train.answers`).
     """
 
     def __init__(
@@ -168,6 +170,7 @@ class Trainer:
         device: str | torch.device = "cpu",
         target_dir: str | Path | None = None,
         progress: bool = True,
+        answers_file: str | Path | None = None,
     ) -> None:
         self.recipe = recipe
         self.target = target
@@ -177,6 +180,7 @@ class Trainer:
         self.device = torch.device(device)
         self.target_dir = Path(target_dir) if target_dir is not None else None
         self.progress = progress
+        self.answers_file = Path(answers_file) if answers_file is not None else None
         self.config_dict = drafter_config_dict(_target_config_dict(target.config), recipe)
         self.config = DSparkConfig.from_deepspec(self.config_dict)
         self.data_dir = self.out_dir / "data"
@@ -228,6 +232,7 @@ class Trainer:
             fingerprint=fingerprint,
             seed=r.corpus.seed,
             progress=self.progress,
+            answers_file=self.answers_file,
         )
         return DistilledData(self.data_dir, max_shards=r.distill.max_shards)
 
@@ -624,6 +629,7 @@ def run_training(
     progress: bool = True,
     prepare_only: bool = False,
     distill_missing: bool = True,
+    answers_file: str | Path | None = None,
 ) -> TrainResult | None:
     """The whole pipeline (see the module docstring).
 
@@ -640,7 +646,7 @@ def run_training(
     target, tokenizer = load_target(target_dir, device=device)
     trainer = Trainer(
         recipe, target, tokenizer, out_dir, seed=seed, device=device, target_dir=target_dir,
-        progress=progress,
+        progress=progress, answers_file=answers_file,
     )
     _atomic_json(out_dir / "run.json", {
         "target": str(Path(target_dir).resolve()), "seed": seed, "device": device,

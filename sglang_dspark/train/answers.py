@@ -30,7 +30,7 @@ import torch
 
 from sglang_dspark.train.target import target_backbone
 
-__all__ = ["ANSWERS_FORMAT", "AnswersError", "answer_settings", "export_answers", "load_answers",
+__all__ = ["ANSWERS_FORMAT", "AnswersError", "OtherSettingsError", "answer_settings", "export_answers", "load_answers",
            "prompt_key", "read_out"]
 
 ANSWERS_FORMAT = "sglang-dspark-answers/1"
@@ -39,7 +39,11 @@ _SETTING_KEYS = ("max_prompt_tokens", "max_new_tokens", "temperature", "top_p", 
 
 
 class AnswersError(ValueError):
-    """An answers file is malformed or was generated with other settings."""
+    """An answers file is missing or malformed."""
+
+
+class OtherSettingsError(AnswersError):
+    """An answers file holds answers generated with other settings."""
 
 
 def prompt_key(text: str) -> str:
@@ -72,16 +76,16 @@ def load_answers(path: str | Path, settings: Mapping[str, Any]) -> dict[str, lis
     """``prompt_key -> answer ids`` from ``path``.
 
     Raises:
-        AnswersError: the file is malformed or its answers were generated with
-            other ``settings`` (another target, length limit, sampling or dtype).
+        AnswersError: the file is missing or malformed.
+        OtherSettingsError: its answers were generated with other ``settings``
+            (another target, length limit, sampling or dtype).
     """
     if not Path(path).is_file():
         raise AnswersError(f"answers file {path} does not exist")
     stored, entries = _read(Path(path))
     if dict(stored) != dict(settings):
         differ = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
-        raise AnswersError(f"{path} holds answers generated with other settings ({differ}); "
-                           "distil without it or into a matching recipe.")
+        raise OtherSettingsError(f"{path} holds answers generated with other settings ({differ})")
     return entries
 
 

@@ -298,7 +298,8 @@ def distill(
     """Generate answers and record teacher-forced features into ``out_dir`` (resumable).
 
     Prompts whose answer ``answers_file`` holds (:mod:`sglang_dspark.train.answers`)
-    are not generated again: their features are read out by one forward.
+    are not generated again: their features are read out by one forward. A file of
+    answers generated with other settings is not used (a warning says so).
 
     Args:
         model: the target (HF causal LM, eval mode).
@@ -318,9 +319,10 @@ def distill(
 
     Raises:
         DistillError: ``out_dir`` holds data for another target, corpus or setting.
-        AnswersError: ``answers_file`` holds answers made with other settings.
+        AnswersError: ``answers_file`` is missing or malformed (one made with other
+            settings is ignored with a warning).
     """
-    from sglang_dspark.train.answers import answer_settings, load_answers, prompt_key, read_out
+    from sglang_dspark.train.answers import OtherSettingsError, answer_settings, load_answers, prompt_key, read_out
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
@@ -366,7 +368,12 @@ def distill(
                 handle.write(json.dumps(prompt.to_json()) + "\n")
         _atomic_write_json(manifest_path, manifest)
 
-    stored = load_answers(answers_file, answer_settings(spec)) if answers_file else {}
+    stored: dict[str, list[int]] = {}
+    if answers_file:
+        try:
+            stored = load_answers(answers_file, answer_settings(spec))
+        except OtherSettingsError as exc:  # bf16 answers on a CPU that generates in fp32, say
+            logger.warning("%s; generating every answer", exc)
     shard_size = recipe.shard_size
     num_shards = (len(prompts) + shard_size - 1) // shard_size
     manifest["num_shards"] = num_shards

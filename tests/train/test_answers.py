@@ -12,6 +12,7 @@ import torch
 from sglang_dspark.train import distill as distill_module
 from sglang_dspark.train.answers import (
     AnswersError,
+    OtherSettingsError,
     answer_settings,
     export_answers,
     load_answers,
@@ -59,7 +60,7 @@ def test_export_round_trips_and_accumulates(generated, tmp_path):
 def test_answers_of_other_settings_or_malformed_files_are_refused(generated, tmp_path):
     *_, manifest, answers = generated
     other = dict(answer_settings(manifest), max_new_tokens=999)
-    with pytest.raises(AnswersError, match="max_new_tokens"):
+    with pytest.raises(OtherSettingsError, match="max_new_tokens"):
         load_answers(answers, other)
     with pytest.raises(AnswersError, match="does not exist"):
         load_answers(tmp_path / "missing.jsonl.gz", other)
@@ -114,3 +115,13 @@ def test_prompts_without_a_stored_answer_are_generated(generated, tmp_path):
     generated_data, mixed = DistilledData(out), DistilledData(tmp_path / "data")
     assert [mixed.get(i).input_ids.tolist() for i in range(len(mixed))] == \
         [generated_data.get(i).input_ids.tolist() for i in range(len(generated_data))]
+
+
+def test_a_file_of_other_settings_is_not_used(generated, tmp_path, caplog):
+    recipe, model, tokenizer, prompts, _, _, answers = generated
+    longer = dataclasses.replace(recipe.distill, max_new_tokens=recipe.distill.max_new_tokens + 1, max_shards=1)
+    with caplog.at_level("WARNING"):
+        result = distill(model, tokenizer, prompts, tmp_path, layer_ids=recipe.drafter.target_layer_ids,
+                         recipe=longer, progress=False, answers_file=answers)
+    assert "other settings (['max_new_tokens'])" in caplog.text and "generating every answer" in caplog.text
+    assert all(s["num_from_answers"] == 0 for s in result["shards"].values())

@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from sglang_dspark.train.target import target_backbone
+from sglang_dspark.train.target import target_forward
 
 __all__ = ["ANSWERS_FORMAT", "AnswersError", "OtherSettingsError", "answer_settings", "export_answers", "load_answers",
            "prompt_key", "read_out"]
@@ -139,24 +139,9 @@ def read_out(model: Any, sequences: Sequence[Sequence[int]], layer_ids: Sequence
     for row, ids in enumerate(sequences):
         input_ids[row, : len(ids)] = torch.tensor(list(ids))
         attention[row, : len(ids)] = 1
-    captured: dict[str, torch.Tensor] = {}
-
-    def recorder(key: str):
-        def fn(_module, _inputs, output):
-            captured[key] = (output[0] if isinstance(output, (tuple, list)) else output).detach()
-        return fn
-
-    backbone = target_backbone(model)
-    handles = [(backbone.embed_tokens if i == -1 else backbone.layers[i]).register_forward_hook(recorder(f"layer:{i}"))
-               for i in layer_ids]
-    handles.append(backbone.norm.register_forward_hook(recorder("last")))
-    try:
-        backbone(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    context = torch.cat([captured[f"layer:{i}"] for i in layer_ids], dim=-1).cpu()
-    last = captured["last"].cpu()
+    feats = target_forward(model, input_ids.to(device), layer_ids, attention_mask=attention.to(device),
+                           compute_logits=False)
+    context, last = feats.context_hidden.cpu(), feats.last_hidden.cpu()
     out = []
     for row, ids in enumerate(sequences):
         n = len(ids)

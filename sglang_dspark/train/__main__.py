@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--answers", default=None,
                         help="stored answers (gzip'd JSON lines, python -m sglang_dspark.train.answers): "
                         "prompts it holds are read out, not generated again")
+    parser.add_argument("--init-from", default=None,
+                        help="a drafter directory of the recipe's architecture to continue training from "
+                        "(its weights and draft vocabulary; e.g. the shipped drafter) instead of a random init")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars (log lines only)")
     return parser
 
@@ -68,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             prepare_only=args.prepare_only,
             distill_missing=not args.no_distill,
             answers_file=args.answers,
+            init_from=args.init_from,
         )
     except (TrainError, RecipeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

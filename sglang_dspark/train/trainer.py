@@ -42,6 +42,7 @@ the drafter directory is written.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -58,7 +59,7 @@ import torch
 from sglang_dspark.algorithm.calibration import StsCalibration, fit_sts
 from sglang_dspark.algorithm.config import DSparkConfig
 from sglang_dspark.algorithm.draft_vocab import DraftVocab, draft_vocab_from_counts
-from sglang_dspark.models.deepspec_drafter import DeepSpecDrafter
+from sglang_dspark.models.deepspec_drafter import DeepSpecDrafter, load_deepspec_drafter
 from sglang_dspark.strict_json import write_json_atomic
 from sglang_dspark.train.blocks import build_blocks, sample_anchors, teacher_forced_outputs
 from sglang_dspark.train.corpus import build_corpus, corpus_summary, load_prompt_file
@@ -157,6 +158,9 @@ class Trainer:
         progress: tqdm bars.
         answers_file: stored answers to read out instead of generating
             (:mod:`sglang_dspark.train.answers`).
+        init_from: a drafter directory of the recipe's architecture to start
+            from (its weights and draft vocabulary) instead of a random init, so
+            that training continues across machines from a shipped drafter.
     """
 
     def __init__(
@@ -171,6 +175,7 @@ class Trainer:
         target_dir: str | Path | None = None,
         progress: bool = True,
         answers_file: str | Path | None = None,
+        init_from: str | Path | None = None,
     ) -> None:
         self.recipe = recipe
         self.target = target
@@ -181,6 +186,7 @@ class Trainer:
         self.target_dir = Path(target_dir) if target_dir is not None else None
         self.progress = progress
         self.answers_file = Path(answers_file) if answers_file is not None else None
+        self.init_from = Path(init_from) if init_from is not None else None
         self.config_dict = drafter_config_dict(_target_config_dict(target.config), recipe)
         self.config = DSparkConfig.from_deepspec(self.config_dict)
         self.data_dir = self.out_dir / "data"
@@ -254,6 +260,34 @@ class Trainer:
         }
         logger.info("draft vocabulary: %s", self.vocab_stats)
         return vocab
+
+    def warm_start(self, data: DistilledData) -> DeepSpecDrafter:
+        """A trainable drafter holding ``init_from``'s weights and draft vocabulary.
+
+        Raises:
+            TrainError: the drafter's architecture is not the recipe's.
+        """
+        source = load_deepspec_drafter(
+            self.init_from, embed_tokens=self.target.get_input_embeddings(),
+            lm_head=self.target.get_output_embeddings(), device=self.device, dtype=torch.float32,
+            num_target_layers=int(self.target.config.num_hidden_layers),
+        )
+        ours, theirs = dataclasses.asdict(self.config), dataclasses.asdict(source.config)
+        differ = sorted(k for k in ours if ours[k] != theirs.get(k))
+        if differ:
+            raise TrainError(f"{self.init_from} is not a drafter of this recipe ({differ} differ).")
+        vocab = source.draft_vocab
+        if vocab is not None:
+            train, heldout = data.answer_token_counts(self.config.vocab_size)
+            self.vocab_stats = {
+                "draft_vocab_size": vocab.size,
+                "draft_vocab_train_coverage": round(vocab.coverage(train), 5),
+                "draft_vocab_heldout_coverage": round(vocab.coverage(heldout), 5),
+            }
+        drafter = self.build_drafter(vocab)
+        drafter.load_state_dict(source.state_dict())
+        logger.info("starting from %s %s", self.init_from, self.vocab_stats)
+        return drafter
 
     def build_drafter(self, vocab: DraftVocab | None = None) -> DeepSpecDrafter:
         drafter = DeepSpecDrafter(self.config)
@@ -448,7 +482,10 @@ class Trainer:
             total = int(t.max_steps)
         else:
             total = max(1, math.ceil(t.epochs * len(train_ids) / t.batch_size))
-        drafter = self.build_drafter(self.draft_vocab(data))
+        if self.init_from is not None:
+            drafter = self.warm_start(data)
+        else:
+            drafter = self.build_drafter(self.draft_vocab(data))
         opt, sched = self._optimizer(drafter, total)
         ce_steps = round(r.loss.ce_only_ratio * total)
         step = 0
@@ -630,6 +667,7 @@ def run_training(
     prepare_only: bool = False,
     distill_missing: bool = True,
     answers_file: str | Path | None = None,
+    init_from: str | Path | None = None,
 ) -> TrainResult | None:
     """The whole pipeline (see the module docstring).
 
@@ -646,7 +684,7 @@ def run_training(
     target, tokenizer = load_target(target_dir, device=device)
     trainer = Trainer(
         recipe, target, tokenizer, out_dir, seed=seed, device=device, target_dir=target_dir,
-        progress=progress, answers_file=answers_file,
+        progress=progress, answers_file=answers_file, init_from=init_from,
     )
     _atomic_json(out_dir / "run.json", {
         "target": str(Path(target_dir).resolve()), "seed": seed, "device": device,

@@ -213,3 +213,29 @@ def test_reduced_vocab_ce_phase_bf16_drafter_round_trips_and_stays_lossless(
     save_file(bad, str(broken / "model.safetensors"))
     with pytest.raises(DrafterCheckpointError, match="I64"):
         check_deepspec_checkpoint(broken, drafter.config)
+
+
+def test_training_continues_from_a_shipped_drafter(first_run, tiny_target_dir, recipe, tmp_path_factory):
+    import dataclasses
+
+    from sglang_dspark.train.trainer import Trainer
+
+    target, tokenizer = load_target(tiny_target_dir)
+    out = _fresh_out(first_run, tmp_path_factory, "run-warm")
+    trainer = Trainer(recipe, target, tokenizer, out, init_from=first_run.drafter_dir, progress=False)
+    data = trainer.prepare_data(distill_missing=False)
+    state = trainer.warm_start(data).state_dict()
+    for name, saved in _weights(first_run.drafter_dir).items():
+        torch.testing.assert_close(state[name].to(saved.dtype), saved, msg=name)
+    # A drafter of another architecture is refused before any step.
+    other = dataclasses.replace(recipe, drafter=dataclasses.replace(recipe.drafter, markov_rank=8))
+    with pytest.raises(TrainError, match="markov_rank"):
+        Trainer(other, target, tokenizer, out, init_from=first_run.drafter_dir, progress=False).warm_start(data)
+    # Through the command line: a short run from the drafter trains on and writes a new one.
+    short = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, max_steps=2))
+    result = run_training(tiny_target_dir, short, out, seed=1, progress=False, init_from=first_run.drafter_dir)
+    after = _weights(result.drafter_dir)
+    assert any(not torch.equal(after[k], v) for k, v in _weights(first_run.drafter_dir).items())
+    first_loss = json.loads((result.drafter_dir / "training_log.json").read_text())["log"][0]
+    fresh_start = json.loads((first_run.drafter_dir / "training_log.json").read_text())["log"][0]
+    assert first_loss["loss"] < fresh_start["loss"]  # it starts where the source ended, not at random

@@ -47,6 +47,9 @@ _decided: dict[torch.dtype, int] = {}
 _remeasure: dict[torch.dtype, tuple[torch.Tensor, float, int]] = {}
 _REMEASURE_AFTER_SECONDS = 60.0
 _REMEASURE_TRIES = 3
+# A re-measurement runs inside a forward, so it stops sooner than the start-up one (which waits out
+# another server's start-up); one that finds the CPU still loaded is tried again later.
+_REMEASURE_MAX_SECONDS = 5.0
 _lock = threading.Lock()
 # Servers started together (a plain and a speculative one, test servers) would
 # otherwise measure at the same moment and slow each other's sweeps.
@@ -84,10 +87,13 @@ def _skinny_serves(weight: torch.Tensor, rows: int) -> bool:
     return rows <= max_rows
 
 
-def _decide_from_measurement(weight: torch.Tensor, *, tries_left: int) -> int:
+def _decide_from_measurement(weight: torch.Tensor, *, tries_left: int, max_seconds: float | None = None) -> int:
     """Measure on ``weight``, decide for its dtype, and schedule a re-measurement if the CPU was loaded."""
     with _one_measurement_at_a_time():
-        measured = measure_skinny_gemm(weight.detach())
+        if max_seconds is None:
+            measured = measure_skinny_gemm(weight.detach())
+        else:
+            measured = measure_skinny_gemm(weight.detach(), max_seconds=max_seconds)
     choice = choose_cpu_linear(measured_speedup=measured.speedup, detail=measured.summary(), asked=None)
     max_rows = _decided[weight.dtype] = measured.max_rows if announce(choice).ours else 0
     if measured.under_load and tries_left > 0:
@@ -107,7 +113,8 @@ def remeasure_if_due(dtype: torch.dtype) -> None:
     with _lock:
         pending = _remeasure.pop(dtype, None)
         if pending is not None:
-            _decide_from_measurement(pending[0], tries_left=pending[2] - 1)
+            _decide_from_measurement(pending[0], tries_left=pending[2] - 1,
+                                     max_seconds=_REMEASURE_MAX_SECONDS)
 
 
 def _rows(x: torch.Tensor) -> int:

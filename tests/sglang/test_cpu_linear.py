@@ -235,7 +235,8 @@ def test_measurement_under_load_is_marked_by_the_cpu_share():
 def _measurements(monkeypatch, *results):
     """Make cpu_linear measure ``results`` in turn; return the list of measured dtypes and a clock setter."""
     queue, calls, now = list(results), [], [0.0]
-    monkeypatch.setattr(cpu_linear, "measure_skinny_gemm", lambda w: calls.append(w.dtype) or queue.pop(0))
+    monkeypatch.setattr(cpu_linear, "measure_skinny_gemm",
+                        lambda w, **limit: calls.append((w.dtype, limit)) or queue.pop(0))
     monkeypatch.setattr(cpu_linear, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
     monkeypatch.setattr(cpu_linear, "_remeasure", {})
 
@@ -259,6 +260,8 @@ def test_a_decision_taken_under_load_is_measured_again_when_due(decided, monkeyp
     at(cpu_linear._REMEASURE_AFTER_SECONDS + 1)
     cpu_linear.compute_lm_head(_lm_orig, _Logits(), torch.randn(1, 16), head)
     assert len(calls) == 2 and cpu_linear._decided == {torch.float32: 2} and cpu_linear._remeasure == {}
+    # At start-up the measurement may wait out another server's start-up; inside a forward it stops sooner.
+    assert calls == [(torch.float32, {}), (torch.float32, {"max_seconds": cpu_linear._REMEASURE_MAX_SECONDS})]
     torch.testing.assert_close(cpu_linear.linear_apply(_orig, None, layer, x), F.linear(x, layer.weight))
 
 

@@ -250,16 +250,20 @@ class Trainer:
         size = self.recipe.drafter.draft_vocab_size
         if size is None:
             return None
-        train, heldout = data.answer_token_counts(self.config.vocab_size)
+        counts = data.answer_token_counts(self.config.vocab_size)
         eos = sorted(eos_token_ids(self.target, self.tokenizer))
-        vocab = draft_vocab_from_counts(train, size, always=torch.tensor(eos, dtype=torch.int64))
+        vocab = draft_vocab_from_counts(counts[0], size, always=torch.tensor(eos, dtype=torch.int64))
+        self._record_vocab_stats(vocab, *counts)
+        logger.info("draft vocabulary: %s", self.vocab_stats)
+        return vocab
+
+    def _record_vocab_stats(self, vocab: DraftVocab, train: torch.Tensor, heldout: torch.Tensor) -> None:
+        """Size and coverage of ``vocab`` on the training and held-out answer-token counts."""
         self.vocab_stats = {
-            "draft_vocab_size": size,
+            "draft_vocab_size": vocab.size,
             "draft_vocab_train_coverage": round(vocab.coverage(train), 5),
             "draft_vocab_heldout_coverage": round(vocab.coverage(heldout), 5),
         }
-        logger.info("draft vocabulary: %s", self.vocab_stats)
-        return vocab
 
     def warm_start(self, data: DistilledData) -> DeepSpecDrafter:
         """A trainable drafter holding ``init_from``'s weights and draft vocabulary.
@@ -278,12 +282,7 @@ class Trainer:
             raise TrainError(f"{self.init_from} is not a drafter of this recipe ({differ} differ).")
         vocab = source.draft_vocab
         if vocab is not None:
-            train, heldout = data.answer_token_counts(self.config.vocab_size)
-            self.vocab_stats = {
-                "draft_vocab_size": vocab.size,
-                "draft_vocab_train_coverage": round(vocab.coverage(train), 5),
-                "draft_vocab_heldout_coverage": round(vocab.coverage(heldout), 5),
-            }
+            self._record_vocab_stats(vocab, *data.answer_token_counts(self.config.vocab_size))
         drafter = self.build_drafter(vocab)
         drafter.load_state_dict(source.state_dict())
         logger.info("starting from %s %s", self.init_from, self.vocab_stats)

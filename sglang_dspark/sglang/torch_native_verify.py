@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 TARGET = "sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend.forward_extend"
+_DECODE_SEQ_LENS = "_dspark_decode_seq_lens"  # (prefix, prefix + 1) of a plain step, set by its first layer
 
 
 def forward_extend_with_verify(orig, self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
@@ -30,6 +31,18 @@ def forward_extend_with_verify(orig, self, q, k, v, layer, forward_batch, save_k
     if not forward_batch.forward_mode.is_target_verify():
         return orig(self, q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs)
     prefix = forward_batch.seq_lens
+    plain = q.shape[0] == prefix.shape[0]  # one query row per request: every count is 1
+    if plain and not layer.is_cross_attention and _sliding_window(layer) is None:
+        # Every layer of a plain step lands here: the decode lengths are computed once per forward.
+        cached = getattr(forward_batch, _DECODE_SEQ_LENS, None)
+        if cached is None or cached[0] is not prefix:
+            cached = (prefix, prefix + 1)
+            setattr(forward_batch, _DECODE_SEQ_LENS, cached)
+        forward_batch.seq_lens = cached[1]
+        try:
+            return self.forward_decode(q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache)
+        finally:
+            forward_batch.seq_lens = prefix
     spec_info = forward_batch.spec_info
     layout = getattr(spec_info, "ragged_verify_layout", None)
     if layout is not None:
@@ -38,14 +51,6 @@ def forward_extend_with_verify(orig, self, q, k, v, layer, forward_batch, save_k
         counts = torch.full_like(prefix, int(spec_info.draft_token_num))
     if layer.is_cross_attention or _sliding_window(layer) is not None:
         return _as_extend(orig, self, q, k, v, layer, forward_batch, prefix, counts, save_kv_cache, **kwargs)
-    if q.shape[0] == prefix.shape[0]:
-        # One query row per request: every count is 1.
-        saved_seq_lens = forward_batch.seq_lens
-        forward_batch.seq_lens = prefix + 1
-        try:
-            return self.forward_decode(q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache)
-        finally:
-            forward_batch.seq_lens = saved_seq_lens
     from sglang.srt.mem_cache.memory_pool import KVWriteLoc
 
     if save_kv_cache and k is not None and v is not None:

@@ -51,7 +51,7 @@ from sglang_dspark.algorithm.seeded_noise import (
     VERIFY_STREAM,
     uniforms_for_batch,
 )
-from sglang_dspark.algorithm.speculation_gate import Mode, SpeculationGate
+from sglang_dspark.algorithm.speculation_gate import Mode, SpeculationGate, batch_bucket, bucket_label
 from sglang_dspark.algorithm.sps_table import SpsTable, default_sps_table
 from sglang_dspark.algorithm.step_cost import OnlineStepCost, StepCostConfig
 from sglang_dspark.algorithm.verify import verify_block
@@ -623,6 +623,25 @@ class DSparkWorker(BaseSpecWorker):
             mode = Mode.SPECULATE if bool(flag.item()) else Mode.PLAIN
         return mode
 
+    def _log_gate_switch(self, batch_size: int) -> None:
+        label = bucket_label(batch_bucket(batch_size))
+        state = self.gate.summary()[label]
+
+        def rate(mode: str) -> str:
+            se = state[f"{mode}_tokens_per_second_se"]
+            return f"{state[f'{mode}_tokens_per_second']:.1f}" + ("" if se is None else f" +- {se:.1f}")
+
+        logger.info(
+            "DSPARK speculation gate: batch size %s now %s (measured tokens/s: speculating %s over %d steps, "
+            "plain %s over %d steps)",
+            label,
+            "speculates" if state["winner"] == Mode.SPECULATE.value else "decodes plainly",
+            rate("speculate"),
+            state["speculate_steps"],
+            rate("plain"),
+            state["plain_steps"],
+        )
+
     def _watch_acceptance(self, *, accepted_drafts: int, verified: int) -> None:
         guard = self.acceptance_guard
         guard.update(accepted_drafts, verified)
@@ -758,7 +777,10 @@ class DSparkWorker(BaseSpecWorker):
             self.stats.plain_steps += bs
         # A speculative step whose drafter failed measures neither mode.
         if self.gate is not None and self.speculating and (mode is Mode.PLAIN or block is not None):
+            switches = self.gate.switches
             self.gate.record(bs, mode, sum(accept_lens_cpu), timing.total)
+            if self.gate.switches != switches:
+                self._log_gate_switch(bs)
         if block is not None:
             self._watch_acceptance(accepted_drafts=sum(accept_lens_cpu) - bs, verified=sum(verify_lens_cpu))
         if self.metrics is not None:

@@ -46,6 +46,7 @@ __all__ = [
     "block_attention",
     "build_blocks",
     "drafter_block_forward",
+    "drop_padding_anchors",
     "sample_anchors",
     "teacher_forced_outputs",
 ]
@@ -87,6 +88,20 @@ def sample_anchors(
     keep = torch.arange(num_anchors)[None, :] < counts[:, None]
     anchors = torch.where(keep, picked, torch.zeros_like(picked))
     return anchors, keep
+
+
+def drop_padding_anchors(anchors: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``anchors``/``keep`` without the columns no sequence keeps.
+
+    :func:`sample_anchors` puts a sequence's kept anchors first, so the
+    columns past the largest kept count are padding in every row. Padding
+    blocks see no context and add no loss, but cost a whole block forward and
+    LM head each: answers shorter than ``num_anchors`` leave most columns
+    padding (``<= 192``-token answers against 512 anchors: at least 63 %).
+    Dropping them changes no kept block's output.
+    """
+    width = int(keep.sum(dim=1).max()) if keep.numel() else 0
+    return anchors[:, :width], keep[:, :width]
 
 
 @dataclass(frozen=True)

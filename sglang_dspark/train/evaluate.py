@@ -36,7 +36,12 @@ from sglang_dspark.algorithm.sampling import (
 )
 from sglang_dspark.algorithm.verify import verify_block
 from sglang_dspark.models.deepspec_drafter import DeepSpecDrafter
-from sglang_dspark.train.blocks import build_blocks, drafter_block_forward, sample_anchors
+from sglang_dspark.train.blocks import (
+    build_blocks,
+    drafter_block_forward,
+    drop_padding_anchors,
+    sample_anchors,
+)
 from sglang_dspark.train.blocks import _target_logits
 from sglang_dspark.train.target import target_forward
 
@@ -114,7 +119,7 @@ def heldout_greedy_drafts(
             break
         ids = seq.input_ids[None].long()
         mask = seq.loss_mask[None].bool()
-        anchors, keep = sample_anchors(mask, num_anchors, generator=gen)
+        anchors, keep = drop_padding_anchors(*sample_anchors(mask, num_anchors, generator=gen))
         blocks = build_blocks(
             ids, mask, seq.context_hidden[None], anchors, keep,
             block_size=K, mask_token_id=cfg.mask_token_id, last_hidden=seq.last_hidden[None],

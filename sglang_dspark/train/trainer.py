@@ -61,7 +61,12 @@ from sglang_dspark.algorithm.config import DSparkConfig
 from sglang_dspark.algorithm.draft_vocab import DraftVocab, draft_vocab_from_counts
 from sglang_dspark.models.deepspec_drafter import DeepSpecDrafter, load_deepspec_drafter
 from sglang_dspark.strict_json import write_json_atomic
-from sglang_dspark.train.blocks import build_blocks, sample_anchors, teacher_forced_outputs
+from sglang_dspark.train.blocks import (
+    build_blocks,
+    drop_padding_anchors,
+    sample_anchors,
+    teacher_forced_outputs,
+)
 from sglang_dspark.train.corpus import build_corpus, corpus_summary, load_prompt_file
 from sglang_dspark.train.distill import (
     DistilledData,
@@ -414,7 +419,7 @@ class Trainer:
     def _micro_step(self, drafter, data, indices, gen, *, ce_phase: bool) -> dict[str, Any]:
         r = self.recipe
         ids, mask, ctx, last = self._collate(data, indices)
-        anchors, keep = sample_anchors(mask, r.train.num_anchors, generator=gen)
+        anchors, keep = drop_padding_anchors(*sample_anchors(mask, r.train.num_anchors, generator=gen))
         blocks = build_blocks(
             ids, mask, ctx, anchors, keep,
             block_size=self.config.block_size, mask_token_id=self.config.mask_token_id,

@@ -11,6 +11,7 @@ from sglang_dspark.models.synthetic import make_synthetic_target_modules
 from sglang_dspark.train.blocks import (
     build_blocks,
     drafter_block_forward,
+    drop_padding_anchors,
     sample_anchors,
     teacher_forced_outputs,
 )
@@ -127,6 +128,42 @@ def test_all_blocks_forward_matches_reference_drafter(backbone, anchor_context_i
                     ctx[b : b + 1, :pos], ids[b, pos : pos + 1], context_lengths=torch.tensor([pos])
                 )
                 torch.testing.assert_close(hidden[b, a], ref.hidden[0], rtol=1e-5, atol=1e-5)
+
+
+def test_dropping_padding_anchors_leaves_loss_and_gradients_unchanged():
+    """Short answers leave most of ``num_anchors`` padding; dropping those columns is exact."""
+    from sglang_dspark.train.loss import dspark_loss
+
+    config = small_config(anchor_context_input=True)
+    gen = torch.Generator().manual_seed(8)
+    ids = torch.randint(0, config.vocab_size, (2, 12), generator=gen)
+    mask = torch.zeros(2, 12, dtype=torch.bool)
+    mask[0, 3:12] = True
+    mask[1, 2:7] = True
+    ctx = torch.randn(2, 12, config.context_feature_size, generator=gen)
+    last = torch.randn(2, 12, config.hidden_size, generator=gen)
+    anchors, keep = sample_anchors(mask, 16, generator=gen)
+    trimmed = drop_padding_anchors(anchors, keep)
+    assert trimmed[0].shape == (2, 8) and bool(trimmed[1][0].all()) and int(trimmed[1][1].sum()) == 4
+
+    def loss_and_grads(a, k):
+        drafter = _random_drafter(config, seed=9).train()
+        blocks = build_blocks(ids, mask, ctx, a, k, block_size=config.block_size,
+                              mask_token_id=config.mask_token_id, last_hidden=last)
+        out = teacher_forced_outputs(drafter, blocks)
+        loss = dspark_loss(out.draft_logits, out.target_logits, out.target_ids, out.eval_mask,
+                           out.confidence_logits, keep=out.keep)
+        loss.loss.backward()
+        grads = [p.grad.clone() for p in drafter.parameters() if p.grad is not None]
+        return loss, grads
+
+    full, full_grads = loss_and_grads(anchors, keep)
+    short, short_grads = loss_and_grads(*trimmed)
+    torch.testing.assert_close(short.loss, full.loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(short.tau, full.tau)
+    assert len(short_grads) == len(full_grads) > 0
+    for a, b in zip(short_grads, full_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_teacher_forced_logits_add_markov_term_of_true_tokens():

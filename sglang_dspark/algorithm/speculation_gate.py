@@ -281,10 +281,13 @@ class SpeculationGate:
                 if lead == 0 and b.probe_measured < self.config.max_probe_steps:
                     b.probe_left = 1  # not clear yet: measure on
                 else:
-                    self._end_probe(b, mode, clear=lead != 0)
+                    self._end_probe(b, mode, lead)
 
-    def _end_probe(self, b: _Bucket, challenger: Mode, *, clear: bool) -> None:
-        if self._lead(b, challenger, z=self.config.confidence_z if clear else 0.0) > 0:
+    def _end_probe(self, b: _Bucket, challenger: Mode, lead: int) -> None:
+        """Close a probe given ``challenger``'s lead at ``confidence_z`` (0: not clear, and
+        then the point estimates decide)."""
+        clear = lead != 0
+        if (lead if clear else self._lead(b, challenger, z=0.0)) > 0:
             self._switch(b, challenger)
             return
         winner_rate = b.measured[b.winner].rate

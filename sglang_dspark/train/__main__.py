@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "prompts it holds are read out, not generated again")
     parser.add_argument("--init-from", default=None,
                         help="a drafter directory of the recipe's architecture to continue training from "
-                        "(its weights and draft vocabulary; e.g. the shipped drafter) instead of a random init")
+                        "(its weights and draft vocabulary; e.g. the shipped drafter) instead of a random init; "
+                        "with fewer draft layers than the recipe, the extra layers go on top as the identity")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars (log lines only)")
     return parser
 

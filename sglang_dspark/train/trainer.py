@@ -116,6 +116,20 @@ class TrainResult:
     seconds: float
 
 
+def grow_identity_layers(drafter: DeepSpecDrafter, first_new: int) -> None:
+    """Zero the residual outputs (``o_proj``, ``down_proj``) of draft layers ``first_new..``.
+
+    Layers added on top of a trained drafter then pass its residual stream
+    through unchanged, so the grown drafter starts as the trained one (the
+    same logits) and the new layers learn from there: their output
+    projections get gradients at once, the rest once those are non-zero.
+    """
+    with torch.no_grad():
+        for layer in drafter.layers[first_new:]:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+
+
 def cosine_warmup_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """DeepSpec ``CosineAnnealingWarmupLR`` as a ``LambdaLR`` factor of step ``s`` (0-based)."""
 
@@ -165,7 +179,9 @@ class Trainer:
             (:mod:`sglang_dspark.train.answers`).
         init_from: a drafter directory of the recipe's architecture to start
             from (its weights and draft vocabulary) instead of a random init, so
-            that training continues across machines from a shipped drafter.
+            that training continues across machines from a shipped drafter. One
+            with fewer draft layers grows: the recipe's extra layers go on top
+            and start as the identity (:func:`grow_identity_layers`).
     """
 
     def __init__(
@@ -273,8 +289,13 @@ class Trainer:
     def warm_start(self, data: DistilledData) -> DeepSpecDrafter:
         """A trainable drafter holding ``init_from``'s weights and draft vocabulary.
 
+        The recipe may have more draft layers than ``init_from``: those start
+        as the identity on top of its layers, so the grown drafter drafts as
+        ``init_from`` does at step 0.
+
         Raises:
-            TrainError: the drafter's architecture is not the recipe's.
+            TrainError: the drafter's architecture is not the recipe's (other
+                than by added draft layers).
         """
         source = load_deepspec_drafter(
             self.init_from, embed_tokens=self.target.get_input_embeddings(),
@@ -282,15 +303,25 @@ class Trainer:
             num_target_layers=int(self.target.config.num_hidden_layers),
         )
         ours, theirs = dataclasses.asdict(self.config), dataclasses.asdict(source.config)
-        differ = sorted(k for k in ours if ours[k] != theirs.get(k))
+        differ = sorted(k for k in ours if ours[k] != theirs.get(k) and k != "num_draft_layers")
+        have, want = source.config.num_draft_layers, self.config.num_draft_layers
+        if want < have:
+            differ.append("num_draft_layers (a drafter cannot shrink)")
         if differ:
             raise TrainError(f"{self.init_from} is not a drafter of this recipe ({differ} differ).")
         vocab = source.draft_vocab
         if vocab is not None:
             self._record_vocab_stats(vocab, *data.answer_token_counts(self.config.vocab_size))
         drafter = self.build_drafter(vocab)
-        drafter.load_state_dict(source.state_dict())
-        logger.info("starting from %s %s", self.init_from, self.vocab_stats)
+        missing, unexpected = drafter.load_state_dict(source.state_dict(), strict=False)
+        new_layers = {f"layers.{i}." for i in range(have, want)}
+        stray = list(unexpected) + [k for k in missing if not any(k.startswith(p) for p in new_layers)]
+        if stray:
+            raise TrainError(f"{self.init_from} does not fit this recipe's drafter: {sorted(stray)}")
+        grow_identity_layers(drafter, have)
+        logger.info("starting from %s%s %s", self.init_from,
+                    f" (+{want - have} draft layer(s) on top, starting as the identity)" if want > have else "",
+                    self.vocab_stats)
         return drafter
 
     def build_drafter(self, vocab: DraftVocab | None = None) -> DeepSpecDrafter:

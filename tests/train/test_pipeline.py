@@ -13,7 +13,7 @@ from sglang_dspark.algorithm.calibration import StsCalibration
 from sglang_dspark.models.deepspec_drafter import DeepSpecDrafter, load_deepspec_drafter
 from sglang_dspark.train.__main__ import main as train_main
 from sglang_dspark.train.evaluate import _prompt_ids, evaluate_acceptance, greedy_decode
-from sglang_dspark.train.export import init_drafter_weights
+from sglang_dspark.train.export import init_drafter_weights, save_drafter
 from sglang_dspark.train.recipe import load_recipe
 from sglang_dspark.train.target import load_target
 from sglang_dspark.train.trainer import TrainError, run_training
@@ -231,6 +231,25 @@ def test_training_continues_from_a_shipped_drafter(first_run, tiny_target_dir, r
     other = dataclasses.replace(recipe, drafter=dataclasses.replace(recipe.drafter, markov_rank=8))
     with pytest.raises(TrainError, match="markov_rank"):
         Trainer(other, target, tokenizer, out, init_from=first_run.drafter_dir, progress=False).warm_start(data)
+    # A drafter cannot shrink; it can grow by draft layers that start as the identity.
+    wider = dataclasses.replace(recipe, drafter=dataclasses.replace(
+        recipe.drafter, num_draft_layers=recipe.drafter.num_draft_layers + 1))
+    grown = Trainer(wider, target, tokenizer, out, init_from=first_run.drafter_dir,
+                    progress=False).warm_start(data)
+    source = trainer.warm_start(data)
+    assert len(grown.layers) == len(source.layers) + 1
+    seq = data.get(data.indices("heldout")[0])
+    for d in (source, grown):
+        d.eval()
+    with torch.no_grad():
+        a = source.forward(seq.context_hidden[None, :5], seq.input_ids[5:6])
+        b = grown.forward(seq.context_hidden[None, :5], seq.input_ids[5:6])
+    torch.testing.assert_close(b.hidden, a.hidden)
+    assert float(grown.layers[-1].self_attn.q_proj.weight.detach().abs().sum()) > 0  # a real layer, zero outputs
+    wide_trainer = Trainer(wider, target, tokenizer, out, progress=False)
+    grown_dir = save_drafter(out / "grown", grown, wide_trainer.config_dict, dtype=torch.float32)
+    with pytest.raises(TrainError, match="shrink"):
+        Trainer(recipe, target, tokenizer, out, init_from=grown_dir, progress=False).warm_start(data)
     # Through the command line: a short run from the drafter trains on and writes a new one.
     short = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, max_steps=2))
     result = run_training(tiny_target_dir, short, out, seed=1, progress=False, init_from=first_run.drafter_dir)

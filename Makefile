@@ -29,13 +29,14 @@ test: install
 demo: install
 	$(PY) -m sglang_dspark.demo run
 
-# Reproduces sglang_dspark/drafters/smollm2-135m/ (about 2.5 h on a 2-core CPU; rerun to resume):
+# Reproduces sglang_dspark/drafters/smollm2-135m/ (about 3 h on a 2-core CPU; rerun to resume):
 # distils the recipes' ShareGPT + code corpora by shard (prompts with a stored answer in
-# DRAFTER_ANSWERS are read out, not generated again), trains the base recipe, continues it on the
+# DRAFTER_ANSWERS are read out, not generated again), trains the base recipe, continues it twice on the
 # larger corpus (--init-from), ships with its acceptance figures.
 # `python -m sglang_dspark.train.answers --data RUN/data --out $(DRAFTER_ANSWERS)` keeps new answers.
 DRAFTER_BASE_RUN ?= .cache/drafter-run
-DRAFTER_RUN ?= .cache/drafter-run-continued
+DRAFTER_CONTINUED_RUN ?= .cache/drafter-run-continued
+DRAFTER_RUN ?= .cache/drafter-run-continued-2
 DRAFTER_ANSWERS ?= recipes/answers/smollm2-135m.jsonl.gz
 SMOLLM2_DIR := $(or $(SGLANG_DSPARK_CACHE),$(HOME)/.cache/sglang-dspark)/models/SmolLM2-135M-Instruct
 drafter: install
@@ -43,7 +44,9 @@ drafter: install
 	$(PY) -m sglang_dspark.train --target $(SMOLLM2_DIR) --recipe recipes/smollm2-135m-drafter.json \
 		--out $(DRAFTER_BASE_RUN) --seed 0 --resume --answers $(DRAFTER_ANSWERS)
 	$(PY) -m sglang_dspark.train --target $(SMOLLM2_DIR) --recipe recipes/smollm2-135m-drafter-continue.json \
-		--out $(DRAFTER_RUN) --seed 0 --resume --answers $(DRAFTER_ANSWERS) --init-from $(DRAFTER_BASE_RUN)/drafter
+		--out $(DRAFTER_CONTINUED_RUN) --seed 0 --resume --answers $(DRAFTER_ANSWERS) --init-from $(DRAFTER_BASE_RUN)/drafter
+	$(PY) -m sglang_dspark.train --target $(SMOLLM2_DIR) --recipe recipes/smollm2-135m-drafter-continue-2.json \
+		--out $(DRAFTER_RUN) --seed 0 --resume --answers $(DRAFTER_ANSWERS) --init-from $(DRAFTER_CONTINUED_RUN)/drafter
 	$(PY) -m sglang_dspark.train.ship --run $(DRAFTER_RUN) --target $(SMOLLM2_DIR) \
 		--dest sglang_dspark/drafters/smollm2-135m \
 		--eval sglang_dspark/data/eval_sharegpt.jsonl --eval tests/data/eval_chat.jsonl \

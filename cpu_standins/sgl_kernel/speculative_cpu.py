@@ -50,6 +50,16 @@ def _packed_segments(req_pool_indices, start_offset, end_offset, pool_len):
     device = start_offset.device
     start = start_offset.to(torch.int64)
     lens = end_offset.to(torch.int64) - start
+    lens_list = lens.tolist()
+    if lens_list and min(lens_list) == max(lens_list):
+        # Every request the same length (a decode step's 1, a verify block's width): plain
+        # broadcasting. The general path's repeat_interleave took ~0.7 ms per call in a
+        # serving process, about 1 % of a SmolLM2 decode step on 2 cores.
+        width = max(lens_list[0], 0)
+        rows = req_pool_indices.to(torch.int64)
+        cols = torch.arange(width, device=device)
+        table_pos = ((rows * pool_len + start)[:, None] + cols).reshape(-1)
+        return table_pos, torch.arange(table_pos.numel(), device=device)
     out_base = torch.cumsum(lens, 0) - lens
     counts = lens.clamp(min=0)
     req = torch.repeat_interleave(torch.arange(lens.numel(), device=device), counts)

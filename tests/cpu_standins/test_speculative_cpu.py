@@ -58,18 +58,20 @@ def _pool(gen, rows, pool_len):
     return torch.randint(0, 10_000, (rows, pool_len), dtype=torch.int32, generator=gen)
 
 
-def _ranges(gen, bs, pool_len, max_len):
+def _ranges(gen, bs, pool_len, max_len, equal=False):
+    """Random [start, end) ranges; ``equal``: all of one random length (a decode or verify step)."""
     start = torch.randint(0, pool_len - max_len, (bs,), generator=gen)
-    lens = torch.randint(0, max_len + 1, (bs,), generator=gen)
+    lens = torch.randint(0, max_len + 1, (1 if equal else bs,), generator=gen).expand(bs)
     return start, start + lens
 
 
+@pytest.mark.parametrize("equal", [False, True])
 @pytest.mark.parametrize("seed", SEEDS)
-def test_assign_req_to_token_pool(seed, cpu_path):
+def test_assign_req_to_token_pool(seed, equal, cpu_path):
     gen = torch.Generator().manual_seed(seed)
     bs, rows, pool_len = 1 + seed, 9, 96
     rpi = torch.randperm(rows, generator=gen)[:bs]
-    start, end = _ranges(gen, bs, pool_len, 40)
+    start, end = _ranges(gen, bs, pool_len, 40, equal)
     locs = torch.randint(0, 1 << 20, (int((end - start).sum()),), dtype=torch.int64, generator=gen)
     table = _pool(gen, rows, pool_len)
 
@@ -81,12 +83,13 @@ def test_assign_req_to_token_pool(seed, cpu_path):
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("equal", [False, True])
 @pytest.mark.parametrize("seed", SEEDS)
-def test_assign_extend_cache_locs(seed, cpu_path):
+def test_assign_extend_cache_locs(seed, equal, cpu_path):
     gen = torch.Generator().manual_seed(seed)
     bs, rows, pool_len = 1 + seed, 9, 96
     rpi = torch.randperm(rows, generator=gen)[:bs]
-    start, end = _ranges(gen, bs, pool_len, 40)
+    start, end = _ranges(gen, bs, pool_len, 40, equal)
     table = _pool(gen, rows, pool_len)
     total = int((end - start).sum())
 

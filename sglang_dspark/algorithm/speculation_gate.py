@@ -287,7 +287,9 @@ class SpeculationGate:
         """Close a probe given ``challenger``'s lead at ``confidence_z`` (0: not clear, and
         then the point estimates decide)."""
         clear = lead != 0
-        if (lead if clear else self._lead(b, challenger, z=0.0)) > 0:
+        if not clear:
+            lead = self._lead(b, challenger, z=0.0)
+        if lead > 0:
             self._switch(b, challenger)
             return
         winner_rate = b.measured[b.winner].rate
